@@ -1,0 +1,145 @@
+"""The ``localearn`` command line.
+
+Commands:
+    run CONFIG [key=value ...]   train, probe and report one experiment
+    run --resume DIR             finish an interrupted run
+    rules                        list every rule with its kind and defaults
+    datasets                     list the data sets
+    summarize DIR [DIR ...]      mean probe accuracy over runs (seeds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from localearn.errors import LocalearnError
+
+log = logging.getLogger("localearn")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from localearn.config import load_config
+    from localearn.experiment import Experiment
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise LocalearnError(
+                "--resume takes only the run directory; the run's own config.yaml "
+                "is used, so drop CONFIG and key=value overrides"
+            )
+        exp = Experiment.resume(Path(args.resume), progress=not args.quiet)
+    else:
+        if not args.config:
+            raise LocalearnError("give a CONFIG file, e.g. experiments/gim_mnist.yaml")
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else Path(cfg.output.dir) / (
+            f"{cfg.name}-seed{cfg.seed}"
+        )
+        exp = Experiment.create(cfg, out, progress=not args.quiet)
+    log.info("run directory: %s", exp.dir)
+    results = exp.run()
+    from localearn.report import probe_table
+
+    print(probe_table(results))
+    for model, acc in results.get("readout", {}).items():
+        print(f"readout {model}: {100 * acc:.2f}%")
+    print(f"total {results['timing']['total_s']:.1f} s; report: {exp.dir / 'report.md'}")
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from localearn.rule import broken_rules, describe_rules
+
+    rules = describe_rules()
+    if args.json:
+        print(json.dumps(rules, indent=2, default=str))
+        return 0
+    for r in rules:
+        labels = ", needs labels" if r["needs_labels"] else ""
+        print(f"{r['name']} ({r['kind']}{labels}): {r['summary']}")
+        for p in r["hyperparameters"]:
+            print(f"    {p['name']}: {p['type']} = {p['default']!r}")
+    for name, why in broken_rules().items():
+        print(f"{name} (failed to load): {why}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from localearn.data import dataset_names
+
+    print("\n".join(dataset_names()))
+    return 0
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    acc = defaultdict(list)
+    for d in args.dirs:
+        path = Path(d) / "results.json"
+        if not path.exists():
+            raise LocalearnError(f"'{path}' not found; is '{d}' a finished run?")
+        for row in json.loads(path.read_text())["probe"]:
+            acc[row["block"], row["budget"], row["model"]].append(row["accuracy"])
+    print("| block | labels per class | model | mean | std | runs |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (block, budget, model), vals in acc.items():
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        print(
+            f"| {block} | {budget} | {model} | {100 * statistics.mean(vals):.2f}% | "
+            f"{100 * sd:.2f} | {len(vals)} |"
+        )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``localearn`` command."""
+    p = argparse.ArgumentParser(
+        prog="localearn",
+        description="Train networks block by block with local learning rules.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train, probe and report one experiment")
+    r.add_argument("config", nargs="?", help="experiment YAML file")
+    r.add_argument("overrides", nargs="*", help="key=value overrides")
+    r.add_argument("--out", help="run directory (default output.dir/NAME-seedS)")
+    r.add_argument("--resume", metavar="DIR", help="finish the run in DIR")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_run)
+    ru = sub.add_parser("rules", help="list rules, kinds and hyperparameters")
+    ru.add_argument("--json", action="store_true")
+    ru.set_defaults(func=_rules)
+    sub.add_parser("datasets", help="list data sets").set_defaults(func=_datasets)
+    s = sub.add_parser("summarize", help="mean and std of probe accuracy over runs")
+    s.add_argument("dirs", nargs="+")
+    s.set_defaults(func=_summarize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``localearn`` command."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except LocalearnError as err:
+        print(f"localearn: error: {err}", file=sys.stderr)
+        return 2
+    except NotImplementedError as err:
+        print(f"localearn: not supported: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Experiment configs: defaults, overrides from the command line, validation.
+
+An experiment is one omegaconf config with the sections ``data``,
+``network``, ``scheduler``, ``evaluate`` and ``output``. Every key outside
+``network`` is checked against the defaults below, so a misspelt key fails
+at once with its name and the valid keys; ``network`` is checked when the
+network is built.
+
+Example:
+    >>> cfg = load_config(None, ["network.rule.name=infonce", "seed=3"])
+    >>> cfg.seed, cfg.scheduler.mode
+    (3, 'simultaneous')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from localearn.errors import ConfigError
+from localearn.probe import ProbeConfig
+from localearn.schedulers import SchedulerConfig
+
+DEFAULTS: dict[str, Any] = {
+    "name": "experiment",
+    "seed": 0,
+    "device": "cpu",
+    "threads": 0,
+    "data": {"name": "mnist_subset", "root": None, "options": {}},
+    "network": {},
+    "scheduler": dataclasses.asdict(SchedulerConfig()),
+    "evaluate": {
+        "budgets": [10, "all"],
+        "pool": 2,
+        "random_twin": True,
+        "reference": False,
+        "batch_size": 250,
+        "probe": dataclasses.asdict(ProbeConfig()),
+    },
+    "output": {"dir": "runs", "checkpoint": True, "progress": False},
+}
+FREE_SECTIONS = ("network", "data.options")
+
+
+def _check_keys(cfg: Any, defaults: Any, path: str) -> None:
+    if not isinstance(defaults, Mapping) or path in FREE_SECTIONS:
+        return
+    if not isinstance(cfg, Mapping | DictConfig):
+        raise ConfigError(f"config key '{path}' must be a mapping, got {cfg!r}")
+    for key in cfg:
+        where = f"{path}.{key}" if path else str(key)
+        if key not in defaults:
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown config key '{where}'{hint}; valid keys"
+                f"{' under ' + path if path else ''}: {', '.join(defaults)}"
+            )
+        _check_keys(cfg[key], defaults[key], where)
+
+
+def load_config(
+    path: str | Path | None, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Load a YAML experiment, apply ``key=value`` overrides, validate keys.
+
+    Args:
+        path: YAML file, or None for the defaults alone.
+        overrides: dotted ``key=value`` strings, as on the command line.
+
+    Returns:
+        The merged config.
+
+    Raises:
+        ConfigError: unreadable file, malformed override or unknown key.
+    """
+    base = OmegaConf.create(DEFAULTS)
+    layers = [base]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file '{path}' not found; the shipped experiments are in "
+                "experiments/ (for example experiments/gim_mnist.yaml)"
+            )
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as err:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override '{item}' must look like key=value, e.g. scheduler.epochs=2"
+            )
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {err}") from None
+    for layer in layers[1:]:
+        _check_keys(layer, DEFAULTS, "")
+    cfg = OmegaConf.merge(*layers)
+    if not cfg.network:
+        raise ConfigError(
+            "the config has no network; give network.layers and network.rule (see "
+            "experiments/gim_mnist.yaml)"
+        )
+    return cfg
+
+
+def to_plain(cfg: Any) -> Any:
+    """A resolved config as plain dicts and lists."""
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg

@@ -1,0 +1,364 @@
+"""Run one experiment into one directory, resumably.
+
+A run directory holds:
+
+* ``config.yaml``: the resolved config, enough to repeat the run;
+* ``metrics.jsonl``: one JSON object a line (steps and epochs, per block);
+* ``init.pt``: the network at initialisation (the random twin's weights);
+* ``checkpoint.pt`` (and ``reference.pt``): network, rule state, optimizer
+  state, schedule position and random state after the last finished epoch,
+  written atomically;
+* ``results.json``: probe accuracies and timings (schema in
+  ``docs/results.md``);
+* ``report.md`` with PNG plots.
+
+A run that stops (interrupted, or a diverging loss) keeps its last good
+checkpoint; ``localearn run --resume DIR`` continues it and, under a fixed
+seed and thread count, ends with the same results as a run that never
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from localearn.config import to_plain
+from localearn.data import Dataset, load_dataset
+from localearn.errors import ConfigError
+from localearn.network import Network
+from localearn.probe import ProbeConfig, balanced_subset, probe_accuracy
+from localearn.schedulers import Position, SchedulerConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+RESULTS_SCHEMA = "localearn.results/1"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write text to a temporary file, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics, truncated back on resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.touch()
+
+    def size(self) -> int:
+        """Current size in bytes (stored in checkpoints)."""
+        return self.path.stat().st_size
+
+    def truncate(self, size: int) -> None:
+        """Drop lines written after a checkpoint was taken."""
+        with open(self.path, "r+b") as fh:
+            fh.truncate(size)
+
+    def write(self, record: dict) -> None:
+        """Append one record."""
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+
+    def read(self) -> list[dict]:
+        """Every record so far."""
+        with open(self.path) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+
+def build_network(cfg: DictConfig, data: Dataset) -> Network:
+    """Seed and build the network of a config for a data set."""
+    seed_everything(int(cfg.seed))
+    net_cfg = to_plain(cfg.network)
+    return Network.from_config(net_cfg, data.input_shape, data.n_classes)
+
+
+def scheduler_config(cfg: DictConfig, mode: str | None = None) -> SchedulerConfig:
+    """The scheduler section as a dataclass, optionally with another mode."""
+    sched = SchedulerConfig(**to_plain(cfg.scheduler))
+    if mode is not None:
+        sched.mode = mode
+    return sched
+
+
+class Experiment:
+    """One run of one config in one directory.
+
+    Args:
+        cfg: the merged config.
+        run_dir: where everything is written.
+        progress: show progress bars.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, progress: bool = False) -> None:
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.progress = progress
+        self.timing: dict[str, float] = {}
+
+    # -- entry points ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, cfg: DictConfig, run_dir: Path, progress: bool = False) -> Experiment:
+        """Start a new run; refuses a directory that already holds one."""
+        run_dir = Path(run_dir)
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(
+                f"run directory '{run_dir}' already holds a run; resume it with "
+                f"`localearn run --resume {run_dir}`, or choose another with "
+                "--out DIR or output.dir=..."
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
+        return cls(cfg, run_dir, progress)
+
+    @classmethod
+    def resume(cls, run_dir: Path, progress: bool = False) -> Experiment:
+        """Reopen a run directory written by :meth:`create`."""
+        run_dir = Path(run_dir)
+        path = run_dir / "config.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"cannot resume '{run_dir}': it has no config.yaml, so it is not a "
+                "localearn run directory"
+            )
+        return cls(OmegaConf.load(path), run_dir, progress)
+
+    def run(self) -> dict[str, Any]:
+        """Train (or finish training), evaluate and write the results."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        if int(cfg.threads) > 0:
+            torch.set_num_threads(int(cfg.threads))
+        data = load_dataset(
+            cfg.data.name, root=cfg.data.root, seed=int(cfg.seed),
+            **to_plain(cfg.data.options),
+        )
+        self.metrics = MetricsLog(self.dir / "metrics.jsonl")
+        net = build_network(cfg, data)
+        init_path = self.dir / "init.pt"
+        if not init_path.exists():
+            atomic_save(net.state_dict(), init_path)
+        init_state = torch.load(init_path, weights_only=True)
+        net.load_state_dict(init_state)
+
+        models = {"trained": net}
+        t0 = time.perf_counter()
+        self._train(net, data, "trained", "checkpoint.pt", scheduler_config(cfg))
+        self.timing["train_s"] = time.perf_counter() - t0
+        if cfg.evaluate.reference and cfg.scheduler.mode != "reference":
+            ref = build_network(cfg, data)
+            ref.load_state_dict(init_state)
+            t0 = time.perf_counter()
+            self._train(ref, data, "reference", "reference.pt",
+                        scheduler_config(cfg, "reference"))
+            self.timing["reference_s"] = time.perf_counter() - t0
+            models["reference"] = ref
+        if cfg.evaluate.random_twin:
+            twin = build_network(cfg, data)
+            twin.load_state_dict(init_state)
+            models["random"] = twin
+
+        t0 = time.perf_counter()
+        results = self.evaluate(models, data)
+        self.timing["probe_s"] = time.perf_counter() - t0
+        self.timing["total_s"] = time.perf_counter() - start
+        results["timing"] = dict(self.timing)
+        atomic_write_text(json.dumps(results, indent=2), self.dir / "results.json")
+        from localearn.report import write_report
+
+        write_report(self.dir, results, models, self.metrics.read())
+        return results
+
+    # -- training -------------------------------------------------------------
+
+    def _train(
+        self, net: Network, data: Dataset, model: str, ckpt_name: str,
+        sched: SchedulerConfig,
+    ) -> None:
+        ckpt_path = self.dir / ckpt_name
+        pos = Position()
+        if ckpt_path.exists():
+            pos = self._restore(net, ckpt_path)
+            if pos.done:
+                log.info("%s: training already finished, loaded %s", model, ckpt_name)
+                return
+            log.info("%s: resuming at stage %d epoch %d", model, pos.stage, pos.epoch)
+        else:
+            seed_everything(int(self.cfg.seed) + 1)
+
+        def on_epoch(p: Position) -> None:
+            if self.cfg.output.checkpoint:
+                self._checkpoint(net, p, ckpt_path)
+
+        def log_step(record: dict) -> None:
+            self.metrics.write({"model": model, **record})
+
+        trainer = Trainer(
+            net, sched, data.x_train, data.y_train, seed=int(self.cfg.seed),
+            log_step=log_step, on_epoch=on_epoch, progress=self.progress,
+            cache_dir=self.dir / "cache",
+        )
+        try:
+            pos = trainer.run(pos)
+        except KeyboardInterrupt:
+            log.warning(
+                "interrupted; the last finished epoch is saved in %s; continue with "
+                "`localearn run --resume %s`", ckpt_path, self.dir,
+            )
+            raise
+        self._checkpoint(net, pos, ckpt_path)
+
+    def _checkpoint(self, net: Network, pos: Position, path: Path) -> None:
+        state = {
+            "network": net.state_dict(),
+            "optimizers": {
+                n: b.optimizer.state_dict()
+                for n, b in net.blocks.items()
+                if b.optimizer is not None
+            },
+            "position": {
+                "stage": pos.stage, "epoch": pos.epoch, "step": pos.step,
+                "done": pos.done, "history": pos.history,
+            },
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "metrics_size": self.metrics.size(),
+        }
+        atomic_save(state, path)
+
+    def _restore(self, net: Network, path: Path) -> Position:
+        try:
+            state = torch.load(path, weights_only=False)
+        except Exception as err:
+            raise ConfigError(
+                f"checkpoint '{path}' cannot be read ({err}); delete it to restart "
+                "that model's training from scratch"
+            ) from None
+        net.load_state_dict(state["network"])
+        for name, opt_state in state["optimizers"].items():
+            net.blocks[name].optimizer.load_state_dict(opt_state)
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.metrics.truncate(state["metrics_size"])
+        return Position(**state["position"])
+
+    # -- evaluation -----------------------------------------------------------
+
+    def features(
+        self, net: Network, x: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Probe features of every block, and the last block's raw output."""
+        net.eval()
+        pool = int(self.cfg.evaluate.pool)
+        chunks: dict[str, list[torch.Tensor]] = {n: [] for n in net.order}
+        last = []
+        with torch.no_grad():
+            for batch in x.split(int(self.cfg.evaluate.batch_size)):
+                outputs = net(batch)
+                for name, f in net.features(outputs, pool).items():
+                    chunks[name].append(f)
+                last.append(outputs[net.order[-1]].flatten(1))
+        return {n: torch.cat(v) for n, v in chunks.items()}, torch.cat(last)
+
+    def evaluate(self, models: dict[str, Network], data: Dataset) -> dict[str, Any]:
+        """Probe every block of every model at every label budget."""
+        cfg = self.cfg
+        probe_cfg = ProbeConfig(**to_plain(cfg.evaluate.probe))
+        budgets = []
+        for b in cfg.evaluate.budgets:
+            if b == "all":
+                budgets.append(("all", torch.arange(len(data.y_train))))
+            elif isinstance(b, int) and b > 0:
+                idx = balanced_subset(data.y_train, b, int(cfg.seed))
+                budgets.append((str(b), idx))
+            else:
+                raise ConfigError(
+                    f"evaluate.budgets entries must be a positive number of labels "
+                    f"per class or 'all', got {b!r}"
+                )
+        rows = []
+        readout = {}
+        for model, net in models.items():
+            f_train, _ = self.features(net, data.x_train)
+            f_test, last = self.features(net, data.x_test)
+            for block in net.order:
+                for budget, idx in budgets:
+                    acc = probe_accuracy(
+                        f_train[block][idx], data.y_train[idx], f_test[block],
+                        data.y_test, data.n_classes, probe_cfg,
+                    )
+                    rows.append({
+                        "model": model, "block": block, "budget": budget,
+                        "n_labels": len(idx), "accuracy": acc,
+                        "n_test": len(data.y_test),
+                    })
+                    log.info("probe %s %s %s: %.4f", model, block, budget, acc)
+            if self._has_readout(net, data) and model != "random":
+                pred = last.argmax(1)
+                readout[model] = float((pred == data.y_test).double().mean())
+        return {
+            "schema": RESULTS_SCHEMA,
+            "name": cfg.name,
+            "seed": int(cfg.seed),
+            "scheduler": cfg.scheduler.mode,
+            "data": {
+                "name": data.name, "n_train": len(data.y_train),
+                "n_test": len(data.y_test), "n_classes": data.n_classes,
+            },
+            "blocks": [
+                {
+                    "name": n, "rule": b.rule.name, "kind": b.rule.kind,
+                    "parameters": sum(p.numel() for p in b.parameters()),
+                    "out_shape": list(models["trained"].shapes[n]),
+                }
+                for n, b in models["trained"].blocks.items()
+            ],
+            "probe": rows,
+            "readout": readout,
+            "final_loss": self._final_losses(),
+        }
+
+    @staticmethod
+    def _has_readout(net: Network, data: Dataset) -> bool:
+        last = net.blocks[net.order[-1]]
+        return last.rule.needs_labels_now() and net.shapes[net.order[-1]] == (
+            data.n_classes,
+        )
+
+    def _final_losses(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for rec in self.metrics.read():
+            if rec.get("event") == "epoch":
+                out.setdefault(rec["model"], {}).update(rec["loss"])
+        return out

@@ -1,0 +1,192 @@
+"""The Markdown report of a run, with PNG plots.
+
+The report has the probe table per block (trained, random twin and, when
+present, the end-to-end reference, at each label budget), the readout, the
+timings, loss curves, probe accuracy against block depth, each rule's traces
+(such as energy over inference steps) and receptive fields where a rule
+provides them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+log = logging.getLogger(__name__)
+MODEL_ORDER = ("trained", "random", "reference")
+
+
+def probe_table(results: dict[str, Any]) -> str:
+    """Markdown table: one row per block and budget, one column per model."""
+    acc: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for row in results["probe"]:
+        acc[row["block"], row["budget"]][row["model"]] = row["accuracy"]
+    models = [m for m in MODEL_ORDER if any(m in v for v in acc.values())]
+    head = ["block", "labels per class", *models]
+    if "random" in models:
+        head.append("trained - random")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for (block, budget), vals in acc.items():
+        cells = [block, budget] + [
+            f"{100 * vals[m]:.1f}%" if m in vals else "" for m in models
+        ]
+        if "random" in models:
+            cells.append(f"{100 * (vals['trained'] - vals['random']):+.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _loss_plot(metrics: list[dict], path: Path) -> bool:
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for rec in metrics:
+        if rec.get("event") != "step":
+            continue
+        for block, value in rec["loss"].items():
+            curves[f"{rec['model']} {block}"].append((rec["step"], value))
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, pts in curves.items():
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, label=label, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("local loss (plasticity: update size)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _accuracy_plot(results: dict, path: Path) -> bool:
+    blocks = [b["name"] for b in results["blocks"]]
+    if not results["probe"]:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    styles = {"trained": "-o", "random": "--s", "reference": ":^"}
+    for model in MODEL_ORDER:
+        for budget in sorted({r["budget"] for r in results["probe"]}):
+            ys = [
+                100 * r["accuracy"] for b in blocks for r in results["probe"]
+                if r["model"] == model and r["budget"] == budget and r["block"] == b
+            ]
+            if ys:
+                ax.plot(range(1, len(ys) + 1), ys, styles[model],
+                        label=f"{model}, {budget} labels/class")
+    ax.set_xticks(range(1, len(blocks) + 1), blocks)
+    ax.set_ylabel("probe accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _traces_plot(net, path: Path) -> bool:
+    traces = {
+        f"{name} {key}": vals
+        for name in net.order
+        for key, vals in net.blocks[name].rule.traces().items()
+    }
+    if not traces:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, vals in traces.items():
+        ax.plot(vals, label=label)
+    ax.set_xlabel("inference step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def field_grid(weights: torch.Tensor, max_units: int = 64) -> np.ndarray:
+    """Tile ``(units, C, h, w)`` weights into one image, each scaled alone."""
+    w = weights[:max_units].detach().float().cpu()
+    if w.shape[1] not in (1, 3):
+        w = w[:, :1]
+    lo = w.flatten(1).min(1).values[:, None, None, None]
+    hi = w.flatten(1).max(1).values[:, None, None, None]
+    w = (w - lo) / (hi - lo).clamp_min(1e-8)
+    n = len(w)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    c, h, wd = w.shape[1:]
+    canvas = np.ones((rows * (h + 1), cols * (wd + 1), c))
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[r * (h + 1): r * (h + 1) + h, q * (wd + 1): q * (wd + 1) + wd] = (
+            w[i].permute(1, 2, 0).numpy()
+        )
+    return canvas[..., 0] if c == 1 else canvas
+
+
+def _fields_plots(net, out: Path) -> list[str]:
+    names = []
+    for name in net.order:
+        block = net.blocks[name]
+        fields = block.rule.receptive_fields(block.body)
+        if fields is None:
+            continue
+        img = field_grid(fields)
+        fname = f"fields_{name}.png"
+        plt.imsave(out / fname, img, cmap="bwr" if img.ndim == 2 else None)
+        names.append(fname)
+    return names
+
+
+def write_report(
+    run_dir: Path, results: dict[str, Any], models: dict, metrics: list[dict]
+) -> Path:
+    """Write ``report.md`` and its plots into ``run_dir``."""
+    run_dir = Path(run_dir)
+    parts = [f"# {results['name']}", ""]
+    data = results["data"]
+    parts.append(
+        f"Data: {data['name']} ({data['n_train']} train, {data['n_test']} test). "
+        f"Scheduler: {results['scheduler']}. Seed: {results['seed']}."
+    )
+    parts += ["", "## Blocks", "", "| block | rule | kind | parameters | output |",
+              "| --- | --- | --- | --- | --- |"]
+    for b in results["blocks"]:
+        parts.append(
+            f"| {b['name']} | {b['rule']} | {b['kind']} | {b['parameters']:,} | "
+            f"{tuple(b['out_shape'])} |"
+        )
+    parts += ["", "## Linear probe accuracy", "",
+              "Accuracy over all test samples of a logistic-regression probe on each "
+              "block's frozen, pooled features. 'random' is the same network at its "
+              "initialisation; 'reference' is the same network trained end to end.",
+              "", probe_table(results)]
+    if results.get("readout"):
+        parts += ["", "## Readout", ""]
+        for model, acc in results["readout"].items():
+            parts.append(f"- {model}: {100 * acc:.2f}% (argmax of the last block)")
+    timing = results.get("timing", {})
+    if timing:
+        parts += ["", "## Time", ""]
+        parts += [f"- {k}: {v:.1f} s" for k, v in timing.items()]
+    parts += ["", "## Plots", ""]
+    if _loss_plot(metrics, run_dir / "loss.png"):
+        parts.append("![loss curves](loss.png)")
+    if _accuracy_plot(results, run_dir / "accuracy.png"):
+        parts.append("![probe accuracy per block](accuracy.png)")
+    trained = models.get("trained")
+    if trained is not None:
+        if _traces_plot(trained, run_dir / "traces.png"):
+            parts.append("![rule traces](traces.png)")
+        for fname in _fields_plots(trained, run_dir):
+            parts.append(f"![receptive fields]({fname})")
+    path = run_dir / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
