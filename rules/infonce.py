@@ -95,7 +95,10 @@ def info_nce(
         logits = pred @ pool.T
         return F.cross_entropy(logits / temperature, pos)
     cand = torch.cat([pos[:, None], neg], dim=1)
-    logits = torch.einsum("mc,mnc->mn", pred, pool[cand])
+    # index_select's backward is an index_add, much cheaper on CPUs than the
+    # scattered accumulate behind advanced indexing
+    picked = pool.index_select(0, cand.reshape(-1)).view(*cand.shape, -1)
+    logits = (picked * pred[:, None, :]).sum(-1)
     target = torch.zeros(len(pred), dtype=torch.long, device=pred.device)
     return F.cross_entropy(logits / temperature, target)
 
