@@ -267,11 +267,14 @@ class Experiment:
         net.load_state_dict(state["network"])
         for name, opt_state in state["optimizers"].items():
             net.blocks[name].optimizer.load_state_dict(opt_state)
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        self.metrics.truncate(state["metrics_size"])
-        return Position(**state["position"])
+        pos = Position(**state["position"])
+        if not pos.done:
+            # continue exactly where the checkpoint was taken
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            self.metrics.truncate(state["metrics_size"])
+        return pos
 
     # -- evaluation -----------------------------------------------------------
 

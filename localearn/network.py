@@ -231,7 +231,14 @@ class Network(nn.Module):
                 )
         in_shape = self._fan_in_shape(name, spec["inputs"], shapes)
         self.in_shapes[name] = in_shape
-        body, out_shape = build_body(spec["layers"], in_shape)
+        try:
+            body, out_shape = build_body(spec["layers"], in_shape)
+        except ShapeError as err:
+            raise ShapeError(
+                f"block '{name}' cannot take the output of "
+                f"{' + '.join(repr(s) for s in spec['inputs'])} (per-sample shape "
+                f"{in_shape}): {err}"
+            ) from None
         rule_cfg = dict(spec["rule"])
         if "name" not in rule_cfg:
             raise ConfigError(

@@ -126,3 +126,22 @@ class Leak(ObjectiveRule):
         if foreign is not None:
             loss = loss + 0.0 * foreign.sum()
         return loss
+
+
+@dataclass
+class ExplodeConfig:
+    nan_after: int = 3
+
+
+@register_rule("test_explode", replace=True)
+class Explode(ObjectiveRule):
+    """Objective whose loss turns NaN after a number of calls."""
+
+    Config = ExplodeConfig
+
+    def loss(self, x, y, labels=None):
+        self.__dict__["calls"] = self.__dict__.get("calls", 0) + 1
+        loss = y.pow(2).mean()
+        if self.__dict__["calls"] > self.config.nan_after:
+            loss = loss * float("nan")
+        return loss
