@@ -97,6 +97,11 @@ class Rule(nn.Module):
     kind: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = False
     Config: ClassVar[type] = None  # type: ignore[assignment]
+    #: a small network this rule trains, ``{"in_shape": (C, ...), "network":
+    #: {...}}`` without the rule; used by the conformance suite and the docs.
+    example: ClassVar[dict[str, Any] | None] = None
+    #: hyperparameter settings the rule must refuse (conformance suite).
+    invalid: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, config: Any) -> None:
         super().__init__()

@@ -151,6 +151,21 @@ class InfoNCE(ObjectiveRule):
     """Greedy InfoMax: InfoNCE on the block's own grid of patches or steps."""
 
     Config = InfoNCEConfig
+    example = {
+        "in_shape": (1, 16, 16),
+        "network": {
+            "patches": {"size": 4, "stride": 2},
+            "layers": [{"type": "conv", "out": 6}, {"type": "relu"},
+                       {"type": "conv", "out": 6}, {"type": "relu"}],
+            "split": [2],
+        },
+        "rule": {"steps": 2},
+    }
+    invalid = [
+        {"steps": 0}, {"negatives": -1}, {"negative_source": "dataset"},
+        {"directions": ["diagonal"]}, {"score": "l2"}, {"temperature": 0.0},
+        {"context": "lstm"},
+    ]
 
     def validate(self) -> None:
         c = self.config
