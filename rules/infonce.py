@@ -34,6 +34,7 @@ from localearn.layers import to_grid
 from localearn.rule import BlockContext, ObjectiveRule, require
 
 DIRECTIONS = ("down", "up", "right", "left")
+CHUNK_FLOATS = 1 << 20  # candidate scores computed in pieces of this size
 
 
 def sample_negatives(
@@ -55,7 +56,9 @@ def sample_negatives(
         ``(M, n)`` pool indices of the negatives, drawn with replacement.
     """
     start = (pos // group) * group
-    r = torch.randint(0, group - 1, (len(pos), n), generator=generator, device=pos.device)
+    r = torch.randint(
+        0, group - 1, (len(pos), n), generator=generator, device=pos.device
+    )
     # shift draws at or past the positive by one, so the positive never appears
     r = r + (r >= (pos - start)[:, None]).long()
     return start[:, None] + r
@@ -68,6 +71,7 @@ def info_nce(
     neg: torch.Tensor | None,
     score: str = "dot",
     temperature: float = 1.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE loss of predictions against a pool of encodings.
 
@@ -79,9 +83,11 @@ def info_nce(
             the whole pool (every other entry is a negative).
         score: ``dot`` (bilinear, as in the paper) or ``cosine``.
         temperature: divides the scores.
+        weight: ``(M,)`` weight of each prediction's term (summed); None
+            averages the terms.
 
     Returns:
-        Mean cross-entropy of picking the positive.
+        Cross-entropy of picking the positive, averaged or weighted.
 
     Example:
         >>> pred = torch.zeros(2, 3); pool = torch.randn(4, 3)
@@ -93,25 +99,29 @@ def info_nce(
         pool = F.normalize(pool, dim=-1)
     if neg is None:
         logits = pred @ pool.T
-        return F.cross_entropy(logits / temperature, pos)
-    cand = torch.cat([pos[:, None], neg], dim=1)
-    # index_select's backward is an index_add, much cheaper on CPUs than the
-    # scattered accumulate behind advanced indexing
-    picked = pool.index_select(0, cand.reshape(-1)).view(*cand.shape, -1)
-    logits = (picked * pred[:, None, :]).sum(-1)
-    target = torch.zeros(len(pred), dtype=torch.long, device=pred.device)
-    return F.cross_entropy(logits / temperature, target)
-
-
-def _orient(grid: torch.Tensor, direction: str) -> torch.Tensor:
-    """Turn a ``(B, C, H, W)`` grid so that ``direction`` points down axis 2."""
-    if direction == "up":
-        return grid.flip(2)
-    if direction == "right":
-        return grid.transpose(2, 3)
-    if direction == "left":
-        return grid.transpose(2, 3).flip(2)
-    return grid
+        target = pos
+    else:
+        cand = torch.cat([pos[:, None], neg], dim=1)
+        # index_select's backward is an index_add, much cheaper on CPUs than the
+        # scattered accumulate behind advanced indexing
+        # in chunks that stay in cache: one pass over M x (N+1) x C is memory-bound
+        step = max(1, CHUNK_FLOATS // (cand.shape[1] * pool.shape[1]))
+        logits = torch.cat(
+            [
+                (
+                    pool.index_select(0, cand[i : i + step].reshape(-1)).view(
+                        -1, cand.shape[1], pool.shape[1]
+                    )
+                    * pred[i : i + step, None, :]
+                ).sum(-1)
+                for i in range(0, len(cand), step)
+            ]
+        )
+        target = torch.zeros(len(pred), dtype=torch.long, device=pred.device)
+    if weight is None:
+        return F.cross_entropy(logits / temperature, target)
+    terms = F.cross_entropy(logits / temperature, target, reduction="none")
+    return (terms * weight).sum()
 
 
 @dataclass
@@ -155,23 +165,35 @@ class InfoNCE(ObjectiveRule):
         "in_shape": (1, 16, 16),
         "network": {
             "patches": {"size": 4, "stride": 2},
-            "layers": [{"type": "conv", "out": 6}, {"type": "relu"},
-                       {"type": "conv", "out": 6}, {"type": "relu"}],
+            "layers": [
+                {"type": "conv", "out": 6},
+                {"type": "relu"},
+                {"type": "conv", "out": 6},
+                {"type": "relu"},
+            ],
             "split": [2],
         },
         "rule": {"steps": 2},
     }
     invalid = [
-        {"steps": 0}, {"negatives": -1}, {"negative_source": "dataset"},
-        {"directions": ["diagonal"]}, {"score": "l2"}, {"temperature": 0.0},
+        {"steps": 0},
+        {"negatives": -1},
+        {"negative_source": "dataset"},
+        {"directions": ["diagonal"]},
+        {"score": "l2"},
+        {"temperature": 0.0},
         {"context": "lstm"},
     ]
 
     def validate(self) -> None:
         c = self.config
         require(c.steps >= 1, "infonce", f"steps must be >= 1, got {c.steps}")
-        require(c.skip >= -1, "infonce", f"skip must be >= 0 or -1 (auto), got {c.skip}")
-        require(c.negatives >= 0, "infonce", f"negatives must be >= 0, got {c.negatives}")
+        require(
+            c.skip >= -1, "infonce", f"skip must be >= 0 or -1 (auto), got {c.skip}"
+        )
+        require(
+            c.negatives >= 0, "infonce", f"negatives must be >= 0, got {c.negatives}"
+        )
         require(
             c.negative_source in ("batch", "image"),
             "infonce",
@@ -181,16 +203,29 @@ class InfoNCE(ObjectiveRule):
         require(
             bool(c.directions) and not bad,
             "infonce",
-            f"directions must be a non-empty list from {DIRECTIONS}, got {c.directions}",
+            f"directions must be a non-empty list from {DIRECTIONS}, "
+            f"got {c.directions}",
         )
-        require(c.score in ("dot", "cosine"), "infonce",
-                f"score must be 'dot' or 'cosine', got {c.score!r}")
-        require(c.temperature > 0, "infonce",
-                f"temperature must be > 0, got {c.temperature}")
-        require(c.context in ("none", "gru"), "infonce",
-                f"context must be 'none' or 'gru', got {c.context!r}")
-        require(c.context_dim >= 0, "infonce",
-                f"context_dim must be >= 0, got {c.context_dim}")
+        require(
+            c.score in ("dot", "cosine"),
+            "infonce",
+            f"score must be 'dot' or 'cosine', got {c.score!r}",
+        )
+        require(
+            c.temperature > 0,
+            "infonce",
+            f"temperature must be > 0, got {c.temperature}",
+        )
+        require(
+            c.context in ("none", "gru"),
+            "infonce",
+            f"context must be 'none' or 'gru', got {c.context!r}",
+        )
+        require(
+            c.context_dim >= 0,
+            "infonce",
+            f"context_dim must be >= 0, got {c.context_dim}",
+        )
 
     def setup(self, context: BlockContext, body: nn.Module) -> None:
         super().setup(context, body)
@@ -231,7 +266,8 @@ class InfoNCE(ObjectiveRule):
             ctx_dim = c.context_dim or dim
             self.autoregressor = nn.GRU(dim, ctx_dim, batch_first=True)
         self.predictors = nn.ModuleList(
-            nn.Linear(ctx_dim, dim, bias=False) for _ in range(len(c.directions) * c.steps)
+            nn.Linear(ctx_dim, dim, bias=False)
+            for _ in range(len(c.directions) * c.steps)
         )
 
     @staticmethod
@@ -249,58 +285,96 @@ class InfoNCE(ObjectiveRule):
         grid = to_grid(y, self.context.grid)
         if self.sequence:
             grid = grid.unsqueeze(-1)  # (B, C, T, 1)
-        losses = []
+        b, ch, h, w = grid.shape
+        pool = grid.permute(0, 2, 3, 1).reshape(-1, ch)
+
+        # predictions W_k c for every direction and step, in one product each
+        preds, targets, weights = [], [], []
+        n_pairs = len(c.directions) * c.steps
         for d_index, direction in enumerate(c.directions):
-            z = _orient(grid, direction)
-            ctx = self._context(z)
+            ctx = (
+                self._context(grid, direction)
+                .permute(0, 2, 3, 1)
+                .reshape(b * h * w, -1)
+            )
+            heads = self.predictors[d_index * c.steps : (d_index + 1) * c.steps]
+            stacked = torch.cat([head.weight for head in heads], dim=0)
+            all_pred = (ctx @ stacked.T).view(-1, ch)  # (B*H*W*steps, C)
             for k in range(1, c.steps + 1):
-                head = self.predictors[d_index * c.steps + k - 1]
-                losses.append(self._step_loss(z, ctx, k + self.skip, head))
-        return torch.stack(losses).mean()
+                src, dst = _pairs(b, h, w, direction, k + self.skip, grid.device)
+                preds.append(all_pred.index_select(0, src * c.steps + k - 1))
+                targets.append(dst)
+                weights.append(
+                    torch.full(
+                        (len(src),), 1.0 / (len(src) * n_pairs), device=grid.device
+                    )
+                )
+        pred = torch.cat(preds)
+        pos = torch.cat(targets)
+        weight = torch.cat(weights)
 
-    def _context(self, z: torch.Tensor) -> torch.Tensor:
-        if self.config.context == "none":
-            return z
-        # autoregressive context: GRU along time (axis 2) of a (B, C, T, 1) grid
-        seq = z.squeeze(-1).transpose(1, 2)
-        out, _ = self.autoregressor(seq)
-        return out.transpose(1, 2).unsqueeze(-1)
-
-    def _step_loss(
-        self, z: torch.Tensor, ctx: torch.Tensor, offset: int, head: nn.Module
-    ) -> torch.Tensor:
-        c = self.config
-        b, ch, h, w = z.shape
-        pool = z.permute(0, 2, 3, 1).reshape(-1, ch)
-        pred = head(ctx[:, :, : h - offset].permute(0, 2, 3, 1)).reshape(-1, ch)
-
-        # positives: the encoding `offset` rows below each context position
-        bi, ri, ci = torch.meshgrid(
-            torch.arange(b), torch.arange(h - offset), torch.arange(w), indexing="ij"
-        )
-        pos = (bi * h * w + (ri + offset) * w + ci).reshape(-1).to(z.device)
-
+        # negatives from the same image or the whole batch, never the positive
         group = h * w if c.negative_source == "image" else b * h * w
         if c.negatives == 0:
-            if c.negative_source == "image":
-                neg = _all_in_group(pos, group)
-                return info_nce(pred, pool, pos, neg, c.score, c.temperature)
-            return info_nce(pred, pool, pos, None, c.score, c.temperature)
-        if group - 1 < 1:
-            raise ShapeError(
-                f"rule 'infonce' of block '{self.context.name}': a batch of {b} "
-                f"with a grid of {h}x{w} leaves no negatives from the "
-                f"{c.negative_source}; use a larger batch or negative_source 'batch'"
-            )
-        if group - 1 < c.negatives:
+            neg = _all_in_group(pos, group) if c.negative_source == "image" else None
+        else:
+            self._check_negatives(b, h, w, group)
+            neg = sample_negatives(pos, c.negatives, group)
+        return info_nce(pred, pool, pos, neg, c.score, c.temperature, weight)
+
+    def _check_negatives(self, b: int, h: int, w: int, group: int) -> None:
+        c = self.config
+        if group - 1 < max(c.negatives, 1):
             raise ShapeError(
                 f"rule 'infonce' of block '{self.context.name}': {c.negatives} "
                 f"negatives requested but a batch of {b} on a {h}x{w} grid offers only "
                 f"{group - 1} per positive from the {c.negative_source}; raise "
                 "scheduler.batch_size, lower negatives, or use negative_source 'batch'"
             )
-        neg = sample_negatives(pos, c.negatives, group)
-        return info_nce(pred, pool, pos, neg, c.score, c.temperature)
+
+    def _context(self, grid: torch.Tensor, direction: str) -> torch.Tensor:
+        if self.config.context == "none":
+            return grid
+        # autoregressive context: a GRU running along time in the direction of
+        # prediction (forward for down, backward for up), on a (B, C, T, 1) grid
+        seq = grid.squeeze(-1).transpose(1, 2)
+        if direction == "up":
+            seq = seq.flip(1)
+        out, _ = self.autoregressor(seq)
+        if direction == "up":
+            out = out.flip(1)
+        return out.transpose(1, 2).unsqueeze(-1)
+
+
+_PAIRS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _pairs(
+    b: int, h: int, w: int, direction: str, offset: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of (context, target) positions ``offset`` apart.
+
+    Positions are flattened as ``(sample * h + row) * w + column``.
+    """
+    key = (b, h, w, direction, offset, str(device))
+    if key not in _PAIRS:
+        bi, ri, ci = torch.meshgrid(
+            torch.arange(b), torch.arange(h), torch.arange(w), indexing="ij"
+        )
+        dr, dc = {
+            "down": (offset, 0),
+            "up": (-offset, 0),
+            "right": (0, offset),
+            "left": (0, -offset),
+        }[direction]
+        tr, tc = ri + dr, ci + dc
+        ok = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
+        src = (bi * h + ri) * w + ci
+        dst = (bi * h + tr) * w + tc
+        _PAIRS[key] = (src[ok].to(device), dst[ok].to(device))
+        if len(_PAIRS) > 256:
+            _PAIRS.pop(next(iter(_PAIRS)))
+    return _PAIRS[key]
 
 
 def _all_in_group(pos: torch.Tensor, group: int) -> torch.Tensor:
