@@ -38,8 +38,10 @@ def _run(args: argparse.Namespace) -> int:
         if not args.config:
             raise LocalearnError("give a CONFIG file, e.g. experiments/gim_mnist.yaml")
         cfg = load_config(args.config, args.overrides)
-        out = Path(args.out) if args.out else Path(cfg.output.dir) / (
-            f"{cfg.name}-seed{cfg.seed}"
+        out = (
+            Path(args.out)
+            if args.out
+            else Path(cfg.output.dir) / (f"{cfg.name}-seed{cfg.seed}")
         )
         exp = Experiment.create(cfg, out, progress=not args.quiet)
     log.info("run directory: %s", exp.dir)
@@ -49,7 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     print(probe_table(results))
     for model, acc in results.get("readout", {}).items():
         print(f"readout {model}: {100 * acc:.2f}%")
-    print(f"total {results['timing']['total_s']:.1f} s; report: {exp.dir / 'report.md'}")
+    print(
+        f"total {results['timing']['total_s']:.1f} s; report: {exp.dir / 'report.md'}"
+    )
     return 0
 
 

@@ -65,9 +65,7 @@ def _check_keys(cfg: Any, defaults: Any, path: str) -> None:
         _check_keys(cfg[key], defaults[key], where)
 
 
-def load_config(
-    path: str | Path | None, overrides: Sequence[str] = ()
-) -> DictConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
     """Load a YAML experiment, apply ``key=value`` overrides, validate keys.
 
     Args:
@@ -92,7 +90,9 @@ def load_config(
         try:
             layers.append(OmegaConf.load(path))
         except Exception as err:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+            raise ConfigError(
+                f"config file '{path}' is not valid YAML: {err}"
+            ) from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import inspect
@@ -107,6 +108,18 @@ class Dataset:
     y_test: torch.Tensor = field(repr=False)
     n_classes: int
     kind: str
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor on ``device`` (self if already there)."""
+        if self.x_train.device == torch.device(device):
+            return self
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:

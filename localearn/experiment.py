@@ -92,6 +92,23 @@ class MetricsLog:
             return [json.loads(line) for line in fh if line.strip()]
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device '{name}' requested but torch sees no CUDA device; use "
+            "device=cpu or device=auto"
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device '{name}'; use cpu, cuda, cuda:N or auto"
+        ) from None
+
+
 def build_network(cfg: DictConfig, data: Dataset) -> Network:
     """Seed and build the network of a config for a data set."""
     seed_everything(int(cfg.seed))
@@ -125,7 +142,9 @@ class Experiment:
     # -- entry points ---------------------------------------------------------
 
     @classmethod
-    def create(cls, cfg: DictConfig, run_dir: Path, progress: bool = False) -> Experiment:
+    def create(
+        cls, cfg: DictConfig, run_dir: Path, progress: bool = False
+    ) -> Experiment:
         """Start a new run; refuses a directory that already holds one."""
         run_dir = Path(run_dir)
         if (run_dir / "config.yaml").exists():
@@ -157,16 +176,21 @@ class Experiment:
         if int(cfg.threads) > 0:
             torch.set_num_threads(int(cfg.threads))
         data = load_dataset(
-            cfg.data.name, root=cfg.data.root, seed=int(cfg.seed),
+            cfg.data.name,
+            root=cfg.data.root,
+            seed=int(cfg.seed),
             **to_plain(cfg.data.options),
         )
         self.metrics = MetricsLog(self.dir / "metrics.jsonl")
+        self.device = resolve_device(str(cfg.device))
+        data = data.to(self.device)
         net = build_network(cfg, data)
         init_path = self.dir / "init.pt"
         if not init_path.exists():
             atomic_save(net.state_dict(), init_path)
         init_state = torch.load(init_path, weights_only=True)
         net.load_state_dict(init_state)
+        net.to(self.device)
 
         models = {"trained": net}
         t0 = time.perf_counter()
@@ -175,14 +199,21 @@ class Experiment:
         if cfg.evaluate.reference and cfg.scheduler.mode != "reference":
             ref = build_network(cfg, data)
             ref.load_state_dict(init_state)
+            ref.to(self.device)
             t0 = time.perf_counter()
-            self._train(ref, data, "reference", "reference.pt",
-                        scheduler_config(cfg, "reference"))
+            self._train(
+                ref,
+                data,
+                "reference",
+                "reference.pt",
+                scheduler_config(cfg, "reference"),
+            )
             self.timing["reference_s"] = time.perf_counter() - t0
             models["reference"] = ref
         if cfg.evaluate.random_twin:
             twin = build_network(cfg, data)
             twin.load_state_dict(init_state)
+            twin.to(self.device)
             models["random"] = twin
 
         t0 = time.perf_counter()
@@ -199,7 +230,11 @@ class Experiment:
     # -- training -------------------------------------------------------------
 
     def _train(
-        self, net: Network, data: Dataset, model: str, ckpt_name: str,
+        self,
+        net: Network,
+        data: Dataset,
+        model: str,
+        ckpt_name: str,
         sched: SchedulerConfig,
     ) -> None:
         ckpt_path = self.dir / ckpt_name
@@ -221,8 +256,14 @@ class Experiment:
             self.metrics.write({"model": model, **record})
 
         trainer = Trainer(
-            net, sched, data.x_train, data.y_train, seed=int(self.cfg.seed),
-            log_step=log_step, on_epoch=on_epoch, progress=self.progress,
+            net,
+            sched,
+            data.x_train,
+            data.y_train,
+            seed=int(self.cfg.seed),
+            log_step=log_step,
+            on_epoch=on_epoch,
+            progress=self.progress,
             cache_dir=self.dir / "cache",
         )
         try:
@@ -230,7 +271,9 @@ class Experiment:
         except KeyboardInterrupt:
             log.warning(
                 "interrupted; the last finished epoch is saved in %s; continue with "
-                "`localearn run --resume %s`", ckpt_path, self.dir,
+                "`localearn run --resume %s`",
+                ckpt_path,
+                self.dir,
             )
             raise
         self._checkpoint(net, pos, ckpt_path)
@@ -244,8 +287,11 @@ class Experiment:
                 if b.optimizer is not None
             },
             "position": {
-                "stage": pos.stage, "epoch": pos.epoch, "step": pos.step,
-                "done": pos.done, "history": pos.history,
+                "stage": pos.stage,
+                "epoch": pos.epoch,
+                "step": pos.step,
+                "done": pos.done,
+                "history": pos.history,
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -290,20 +336,21 @@ class Experiment:
             for batch in x.split(int(self.cfg.evaluate.batch_size)):
                 outputs = net(batch)
                 for name, f in net.features(outputs, pool).items():
-                    chunks[name].append(f)
-                last.append(outputs[net.order[-1]].flatten(1))
+                    chunks[name].append(f.cpu())
+                last.append(outputs[net.order[-1]].flatten(1).cpu())
         return {n: torch.cat(v) for n, v in chunks.items()}, torch.cat(last)
 
     def evaluate(self, models: dict[str, Network], data: Dataset) -> dict[str, Any]:
         """Probe every block of every model at every label budget."""
         cfg = self.cfg
+        labels_train, labels_test = data.y_train.cpu(), data.y_test.cpu()
         probe_cfg = ProbeConfig(**to_plain(cfg.evaluate.probe))
         budgets = []
         for b in cfg.evaluate.budgets:
             if b == "all":
                 budgets.append(("all", torch.arange(len(data.y_train))))
             elif isinstance(b, int) and b > 0:
-                idx = balanced_subset(data.y_train, b, int(cfg.seed))
+                idx = balanced_subset(labels_train, b, int(cfg.seed))
                 budgets.append((str(b), idx))
             else:
                 raise ConfigError(
@@ -318,30 +365,43 @@ class Experiment:
             for block in net.order:
                 for budget, idx in budgets:
                     acc = probe_accuracy(
-                        f_train[block][idx], data.y_train[idx], f_test[block],
-                        data.y_test, data.n_classes, probe_cfg,
+                        f_train[block][idx],
+                        labels_train[idx],
+                        f_test[block],
+                        labels_test,
+                        data.n_classes,
+                        probe_cfg,
                     )
-                    rows.append({
-                        "model": model, "block": block, "budget": budget,
-                        "n_labels": len(idx), "accuracy": acc,
-                        "n_test": len(data.y_test),
-                    })
+                    rows.append(
+                        {
+                            "model": model,
+                            "block": block,
+                            "budget": budget,
+                            "n_labels": len(idx),
+                            "accuracy": acc,
+                            "n_test": len(data.y_test),
+                        }
+                    )
                     log.info("probe %s %s %s: %.4f", model, block, budget, acc)
             if self._has_readout(net, data) and model != "random":
                 pred = last.argmax(1)
-                readout[model] = float((pred == data.y_test).double().mean())
+                readout[model] = float((pred == labels_test).double().mean())
         return {
             "schema": RESULTS_SCHEMA,
             "name": cfg.name,
             "seed": int(cfg.seed),
             "scheduler": cfg.scheduler.mode,
             "data": {
-                "name": data.name, "n_train": len(data.y_train),
-                "n_test": len(data.y_test), "n_classes": data.n_classes,
+                "name": data.name,
+                "n_train": len(data.y_train),
+                "n_test": len(data.y_test),
+                "n_classes": data.n_classes,
             },
             "blocks": [
                 {
-                    "name": n, "rule": b.rule.name, "kind": b.rule.kind,
+                    "name": n,
+                    "rule": b.rule.name,
+                    "kind": b.rule.kind,
                     "parameters": sum(p.numel() for p in b.parameters()),
                     "out_shape": list(models["trained"].shapes[n]),
                 }

@@ -60,8 +60,7 @@ class PreActResidual(nn.Module):
             widths = [(in_ch, out_ch, 3, stride), (out_ch, out_ch, 3, 1)]
         self.norms = nn.ModuleList(make_norm(i) for i, _, _, _ in widths)
         self.convs = nn.ModuleList(
-            conv(i, o, k, stride=s, padding=k // 2, bias=False)
-            for i, o, k, s in widths
+            conv(i, o, k, stride=s, padding=k // 2, bias=False) for i, o, k, s in widths
         )
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:

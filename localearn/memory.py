@@ -64,8 +64,11 @@ def measure_peak(fn: Callable[[], Any], device: str = "cpu") -> dict[str, float]
         fn()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) / 2**20
-        return {"peak_mb": peak, "delta_mb": peak - start,
-                "seconds": time.perf_counter() - t0}
+        return {
+            "peak_mb": peak,
+            "delta_mb": peak - start,
+            "seconds": time.perf_counter() - t0,
+        }
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, queue))

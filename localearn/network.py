@@ -39,7 +39,11 @@ from localearn.rule import BlockContext, Rule, make_rule
 log = logging.getLogger(__name__)
 
 INPUT = "input"
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
 NETWORK_KEYS = {"patches", "layers", "split", "rule", "optimizer", "blocks"}
 BLOCK_KEYS = {"name", "layers", "rule", "optimizer", "inputs"}
 
@@ -87,7 +91,9 @@ class Block(nn.Module):
         try:
             self.optimizer = OPTIMIZERS[name](params, **spec)
         except TypeError as err:
-            raise ConfigError(f"block '{self.name}' optimizer '{name}': {err}") from None
+            raise ConfigError(
+                f"block '{self.name}' optimizer '{name}': {err}"
+            ) from None
 
 
 def expand_blocks(net_cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -145,7 +151,9 @@ def expand_blocks(net_cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "layers": list(spec.get("layers") or []),
                 "rule": rule,
                 "optimizer": {**default_opt, **dict(spec.get("optimizer") or {})},
-                "inputs": list(spec.get("inputs") or [out[-1]["name"] if out else INPUT]),
+                "inputs": list(
+                    spec.get("inputs") or [out[-1]["name"] if out else INPUT]
+                ),
             }
         )
     return out
@@ -155,7 +163,9 @@ def _split_layers(layers: list, split: Any) -> list[list]:
     if split is None or split == "none":
         return [layers]
     if split == "layer":
-        starts = [i for i, spec in enumerate(layers) if spec.get("type") in WEIGHT_LAYERS]
+        starts = [
+            i for i, spec in enumerate(layers) if spec.get("type") in WEIGHT_LAYERS
+        ]
         starts = [0] + [s for s in starts if s > 0]
     elif isinstance(split, Sequence) and not isinstance(split, str):
         starts = [0, *split]
@@ -206,12 +216,16 @@ class Network(nn.Module):
         shapes: dict[str, tuple[int, ...]] = {INPUT: self._patch_shape()}
         names = [b["name"] for b in self.specs]
         if len(set(names)) != len(names) or INPUT in names:
-            raise ConfigError(f"block names must be unique and not 'input', got {names}")
+            raise ConfigError(
+                f"block names must be unique and not 'input', got {names}"
+            )
         for spec in self.specs:
             self._add_block(spec, shapes, n_classes)
         if not nx.is_directed_acyclic_graph(self.graph):
             raise ConfigError("the block wiring has a cycle; blocks must form a DAG")
-        self.order: list[str] = [n for n in nx.topological_sort(self.graph) if n != INPUT]
+        self.order: list[str] = [
+            n for n in nx.topological_sort(self.graph) if n != INPUT
+        ]
         self.shapes = shapes
         for spec in self.specs:
             self.blocks[spec["name"]].make_optimizer(spec["optimizer"])
@@ -255,7 +269,9 @@ class Network(nn.Module):
             index=len(shapes) - 1,
         )
         if self.patcher is not None:
-            ctx.extra.update(patch_size=self.patcher.size, patch_stride=self.patcher.stride)
+            ctx.extra.update(
+                patch_size=self.patcher.size, patch_stride=self.patcher.stride
+            )
         block = Block(name, body, rule, list(spec["inputs"]))
         self.blocks[name] = block
         for src in spec["inputs"]:
@@ -274,7 +290,8 @@ class Network(nn.Module):
             if shapes[src][1:] != first[1:]:
                 raise ShapeError(
                     f"block '{name}' concatenates '{inputs[0]}' of shape {first} and "
-                    f"'{src}' of shape {shapes[src]}; all but the channel axis must match"
+                    f"'{src}' of shape {shapes[src]}; all but the channel axis must "
+                    "match"
                 )
         return (sum(shapes[s][0] for s in inputs), *first[1:])
 
@@ -290,7 +307,9 @@ class Network(nn.Module):
         """Apply the patch grid (if any) to a batch of raw inputs."""
         return self.patcher(x) if self.patcher is not None else x
 
-    def block_input(self, name: str, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def block_input(
+        self, name: str, outputs: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Concatenate the outputs feeding block ``name`` along channels."""
         srcs = self.blocks[name].inputs
         if len(srcs) == 1:

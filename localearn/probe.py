@@ -68,8 +68,11 @@ def fit_probe(
     w = torch.zeros(z.shape[1], n_classes, dtype=z.dtype, requires_grad=True)
     b = torch.zeros(n_classes, dtype=z.dtype, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [w, b], max_iter=cfg.max_iter, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6, tolerance_change=1e-9,
+        [w, b],
+        max_iter=cfg.max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
     )
 
     def closure() -> torch.Tensor:

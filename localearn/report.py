@@ -76,12 +76,18 @@ def _accuracy_plot(results: dict, path: Path) -> bool:
     for model in MODEL_ORDER:
         for budget in sorted({r["budget"] for r in results["probe"]}):
             ys = [
-                100 * r["accuracy"] for b in blocks for r in results["probe"]
+                100 * r["accuracy"]
+                for b in blocks
+                for r in results["probe"]
                 if r["model"] == model and r["budget"] == budget and r["block"] == b
             ]
             if ys:
-                ax.plot(range(1, len(ys) + 1), ys, styles[model],
-                        label=f"{model}, {budget} labels/class")
+                ax.plot(
+                    range(1, len(ys) + 1),
+                    ys,
+                    styles[model],
+                    label=f"{model}, {budget} labels/class",
+                )
     ax.set_xticks(range(1, len(blocks) + 1), blocks)
     ax.set_ylabel("probe accuracy (%)")
     ax.legend(fontsize=7)
@@ -125,7 +131,7 @@ def field_grid(weights: torch.Tensor, max_units: int = 64) -> np.ndarray:
     canvas = np.ones((rows * (h + 1), cols * (wd + 1), c))
     for i in range(n):
         r, q = divmod(i, cols)
-        canvas[r * (h + 1): r * (h + 1) + h, q * (wd + 1): q * (wd + 1) + wd] = (
+        canvas[r * (h + 1) : r * (h + 1) + h, q * (wd + 1) : q * (wd + 1) + wd] = (
             w[i].permute(1, 2, 0).numpy()
         )
     return canvas[..., 0] if c == 1 else canvas
@@ -156,18 +162,28 @@ def write_report(
         f"Data: {data['name']} ({data['n_train']} train, {data['n_test']} test). "
         f"Scheduler: {results['scheduler']}. Seed: {results['seed']}."
     )
-    parts += ["", "## Blocks", "", "| block | rule | kind | parameters | output |",
-              "| --- | --- | --- | --- | --- |"]
+    parts += [
+        "",
+        "## Blocks",
+        "",
+        "| block | rule | kind | parameters | output |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for b in results["blocks"]:
         parts.append(
             f"| {b['name']} | {b['rule']} | {b['kind']} | {b['parameters']:,} | "
             f"{tuple(b['out_shape'])} |"
         )
-    parts += ["", "## Linear probe accuracy", "",
-              "Accuracy over all test samples of a logistic-regression probe on each "
-              "block's frozen, pooled features. 'random' is the same network at its "
-              "initialisation; 'reference' is the same network trained end to end.",
-              "", probe_table(results)]
+    parts += [
+        "",
+        "## Linear probe accuracy",
+        "",
+        "Accuracy over all test samples of a logistic-regression probe on each "
+        "block's frozen, pooled features. 'random' is the same network at its "
+        "initialisation; 'reference' is the same network trained end to end.",
+        "",
+        probe_table(results),
+    ]
     if results.get("readout"):
         parts += ["", "## Readout", ""]
         for model, acc in results["readout"].items():

@@ -96,14 +96,19 @@ def check_scheduler(cfg: SchedulerConfig) -> None:
             f"epochs={cfg.epochs}, batch_size={cfg.batch_size}"
         )
     if cfg.cache not in ("memory", "disk"):
-        raise ConfigError(f"scheduler.cache must be 'memory' or 'disk', got {cfg.cache!r}")
+        raise ConfigError(
+            f"scheduler.cache must be 'memory' or 'disk', got {cfg.cache!r}"
+        )
     if cfg.reference_loss not in ("last", "all"):
         raise ConfigError(
-            f"scheduler.reference_loss must be 'last' or 'all', got {cfg.reference_loss!r}"
+            "scheduler.reference_loss must be 'last' or 'all', got "
+            f"{cfg.reference_loss!r}"
         )
 
 
-def _finite_or_raise(value: torch.Tensor, block: str, rule: str, what: str, pos) -> None:
+def _finite_or_raise(
+    value: torch.Tensor, block: str, rule: str, what: str, pos
+) -> None:
     if not bool(torch.isfinite(value).all()):
         raise DivergenceError(
             f"block '{block}' (rule '{rule}') produced a non-finite {what} "
@@ -164,7 +169,9 @@ class Trainer:
 
     def batches(self, stage: int, epoch: int, n: int) -> list[torch.Tensor]:
         """Shuffled minibatch indices, fixed by seed, stage and epoch."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stage * 1009 + epoch)
+        gen = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + stage * 1009 + epoch
+        )
         perm = torch.randperm(n, generator=gen)
         return list(perm.split(self.cfg.batch_size))
 
@@ -195,11 +202,17 @@ class Trainer:
         n = len(self.x)
         batches = self.batches(pos.stage, pos.epoch, n)
         sums: dict[str, float] = {}
-        label = f"stage {pos.stage + 1} epoch {pos.epoch + 1}" if len(train) == 1 else (
-            f"epoch {pos.epoch + 1}"
+        label = (
+            f"stage {pos.stage + 1} epoch {pos.epoch + 1}"
+            if len(train) == 1
+            else (f"epoch {pos.epoch + 1}")
         )
-        bar = tqdm(batches, desc=f"{'+'.join(train)} {label}", disable=not self.progress,
-                   leave=False)
+        bar = tqdm(
+            batches,
+            desc=f"{'+'.join(train)} {label}",
+            disable=not self.progress,
+            leave=False,
+        )
         for idx in bar:
             audit = self.cfg.audit_steps < 0 or (
                 pos.epoch == 0 and bar.n < self.cfg.audit_steps
@@ -208,27 +221,46 @@ class Trainer:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             if pos.step % self.cfg.log_every == 0:
-                self.log_step({"event": "step", "stage": pos.stage, "epoch": pos.epoch,
-                               "step": pos.step, "loss": losses})
+                self.log_step(
+                    {
+                        "event": "step",
+                        "stage": pos.stage,
+                        "epoch": pos.epoch,
+                        "step": pos.step,
+                        "loss": losses,
+                    }
+                )
             pos.step += 1
         means = {k: v / max(len(batches), 1) for k, v in sums.items()}
         diag = {name: self.net.blocks[name].rule.diagnostics() for name in train}
-        record = {"event": "epoch", "stage": pos.stage, "epoch": pos.epoch,
-                  "step": pos.step, "loss": means, "diagnostics": diag}
+        record = {
+            "event": "epoch",
+            "stage": pos.stage,
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "loss": means,
+            "diagnostics": diag,
+        }
         self.log_step(record)
         log.info("%s: %s", label, ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
         return record
 
     def step(
-        self, idx: torch.Tensor, train: list[str], inputs: Any, audit: bool, pos: Position
+        self,
+        idx: torch.Tensor,
+        train: list[str],
+        inputs: Any,
+        audit: bool,
+        pos: Position,
     ) -> dict[str, float]:
         """One training step on the minibatch ``idx``; returns losses per block."""
-        labels = self.y[idx]
+        idx = idx.to(self.x.device) if inputs is None else idx
+        labels = self.y[idx.to(self.y.device)]
         if self.cfg.mode == "reference":
             return self._reference_step(self.x[idx], labels, audit, pos)
         if inputs is not None:
-            return self._local_step(torch.as_tensor(inputs[idx.numpy()]), labels,
-                                    train, audit, pos, start=train[0])
+            rows = torch.as_tensor(inputs[idx.numpy()]).to(self.x.device)
+            return self._local_step(rows, labels, train, audit, pos, start=train[0])
         return self._local_step(self.x[idx], labels, train, audit, pos)
 
     # -- local training -------------------------------------------------------
@@ -248,7 +280,7 @@ class Trainer:
             outputs[INPUT] = net.prepare(x)
             order = net.order
         else:
-            order = net.order[net.order.index(start):]
+            order = net.order[net.order.index(start) :]
         last = train[-1]
         losses: dict[str, float] = {}
         i = 0
@@ -271,7 +303,9 @@ class Trainer:
                 i += len(group) - 1
                 name = group[-1]
             else:
-                outputs[name], losses[name] = self._train_block(name, inp, labels, audit, pos)
+                outputs[name], losses[name] = self._train_block(
+                    name, inp, labels, audit, pos
+                )
             if name == last:
                 break
             i += 1
@@ -280,7 +314,9 @@ class Trainer:
     def _energy_group(self, order: list[str], i: int, train: list[str]) -> list[str]:
         group = []
         for name in order[i:]:
-            if name not in train or not isinstance(self.net.blocks[name].rule, EnergyRule):
+            if name not in train or not isinstance(
+                self.net.blocks[name].rule, EnergyRule
+            ):
                 break
             group.append(name)
         return group
@@ -313,13 +349,17 @@ class Trainer:
                 if audit:
                     audit_update(deltas, name, rule.name, own)
                 for pname, delta in deltas.items():
-                    _finite_or_raise(delta, name, rule.name, f"update of '{pname}'", pos)
+                    _finite_or_raise(
+                        delta, name, rule.name, f"update of '{pname}'", pos
+                    )
                 block.optimizer.zero_grad(set_to_none=True)
                 for pname, delta in deltas.items():
                     own[pname].grad = -delta.to(own[pname].dtype)
                 block.optimizer.step()
                 for pname in deltas:
-                    _finite_or_raise(own[pname], name, rule.name, f"weight '{pname}'", pos)
+                    _finite_or_raise(
+                        own[pname], name, rule.name, f"weight '{pname}'", pos
+                    )
                 out = block.body(inp)
             size = sum(float(d.norm()) for d in deltas.values())
             return out, size
@@ -332,7 +372,9 @@ class Trainer:
         net = self.net
         frozen = net.order[: net.order.index(train[0])]
         for name in net.order:
-            net.blocks[name].train(name not in frozen or self.cfg.mode == "simultaneous")
+            net.blocks[name].train(
+                name not in frozen or self.cfg.mode == "simultaneous"
+            )
         if self.cfg.mode != "cached" or not frozen:
             return None
         name = train[0]
@@ -341,7 +383,9 @@ class Trainer:
         if self.cfg.cache == "disk":
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             path = self.cache_dir / f"{name}.input.npy"
-            store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            store = np.lib.format.open_memmap(
+                path, mode="w+", dtype=np.float32, shape=shape
+            )
         else:
             store = np.empty(shape, dtype=np.float32)
         rows = math.prod(net.grid) if net.grid else 1

@@ -34,8 +34,11 @@ class Decorrelate(ObjectiveRule):
     Config = DecorrelateConfig
 
     def validate(self) -> None:
-        require(self.config.weight > 0, self.name or "test_decorrelate",
-                f"weight must be > 0, got {self.config.weight}")
+        require(
+            self.config.weight > 0,
+            self.name or "test_decorrelate",
+            f"weight must be > 0, got {self.config.weight}",
+        )
 
     def loss(self, x, y, labels=None):
         y = y.flatten(1)

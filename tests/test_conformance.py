@@ -23,8 +23,11 @@ RULES = [r for r in rule_names() if r not in BROKEN_ON_PURPOSE]
 DEFAULT_EXAMPLE = {
     "in_shape": (1, 8, 8),
     "network": {
-        "layers": [{"type": "linear", "out": 16, "bias": False}, {"type": "relu"},
-                   {"type": "linear", "out": 10, "bias": False}],
+        "layers": [
+            {"type": "linear", "out": 16, "bias": False},
+            {"type": "relu"},
+            {"type": "linear", "out": 10, "bias": False},
+        ],
         "split": [2],
     },
 }
@@ -52,7 +55,9 @@ def _batch(name, n=16, seed=0):
 
 
 def _trainer(net, x, y):
-    return Trainer(net, SchedulerConfig(epochs=1, batch_size=len(x), audit_steps=-1), x, y)
+    return Trainer(
+        net, SchedulerConfig(epochs=1, batch_size=len(x), audit_steps=-1), x, y
+    )
 
 
 def test_every_builtin_rule_is_registered():
@@ -77,10 +82,13 @@ def test_a_step_changes_only_its_own_block(name):
         before = {n: v.clone() for n, v in net.state_dict().items()}
         opt_before = {
             n: copy.deepcopy(b.optimizer.state_dict())
-            for n, b in net.blocks.items() if b.optimizer is not None
+            for n, b in net.blocks.items()
+            if b.optimizer is not None
         }
         trainer._local_step(x, y, [k], True, Position())
-        changed = {n for n, v in net.state_dict().items() if not torch.equal(v, before[n])}
+        changed = {
+            n for n, v in net.state_dict().items() if not torch.equal(v, before[n])
+        }
         assert changed, f"{name}: a step of {k} changed nothing"
         assert all(n.startswith(f"blocks.{k}.") for n in changed), changed
         for other, state in opt_before.items():
@@ -100,11 +108,17 @@ def test_state_survives_a_checkpoint_round_trip(name):
     trainer = _trainer(net, x, y)
     trainer._local_step(x, y, net.order, False, Position())
     buf = io.BytesIO()
-    torch.save({
-        "net": net.state_dict(),
-        "opt": {n: b.optimizer.state_dict() for n, b in net.blocks.items()
-                if b.optimizer is not None},
-    }, buf)
+    torch.save(
+        {
+            "net": net.state_dict(),
+            "opt": {
+                n: b.optimizer.state_dict()
+                for n, b in net.blocks.items()
+                if b.optimizer is not None
+            },
+        },
+        buf,
+    )
     buf.seek(0)
     saved = torch.load(buf, weights_only=False)
     twin = _network(name, seed=123)
@@ -118,14 +132,18 @@ def test_state_survives_a_checkpoint_round_trip(name):
     trainer._local_step(x, y, net.order, False, Position())
     torch.manual_seed(7)
     _trainer(twin, x, y)._local_step(x, y, twin.order, False, Position())
-    for (k, a), b in zip(net.state_dict().items(), twin.state_dict().values(), strict=True):
+    for (k, a), b in zip(
+        net.state_dict().items(), twin.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-6), k
 
 
 @pytest.mark.parametrize("name", RULES)
 def test_bad_hyperparameters_are_refused(name):
     cls = get_rule_class(name)
-    with pytest.raises(ConfigError, match=f"rule '{name}' has no hyperparameter 'not_a_key'"):
+    with pytest.raises(
+        ConfigError, match=f"rule '{name}' has no hyperparameter 'not_a_key'"
+    ):
         make_rule(name, {"not_a_key": 1})
     for bad in cls.invalid:
         with pytest.raises(ConfigError, match=f"rule '{name}'"):

@@ -21,7 +21,8 @@ BASE = [
 GIM = [
     "network.patches.size=4",
     "network.patches.stride=2",
-    "network.layers=[{type: conv, out: 8}, {type: relu}, {type: conv, out: 8}, {type: relu}]",
+    "network.layers=[{type: conv, out: 8}, {type: relu},"
+    " {type: conv, out: 8}, {type: relu}]",
     "network.split=[2]",
     "network.rule.name=infonce",
     "network.rule.steps=1",
@@ -38,9 +39,17 @@ def _run(tmp_path, *extra, name="run", base=TINY):
 def test_a_run_writes_config_metrics_checkpoint_results_and_report(tmp_path):
     results = _run(tmp_path, "evaluate.reference=true")
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "init.pt", "checkpoint.pt",
-                 "reference.pt", "results.json", "report.md", "loss.png",
-                 "accuracy.png"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "init.pt",
+        "checkpoint.pt",
+        "reference.pt",
+        "results.json",
+        "report.md",
+        "loss.png",
+        "accuracy.png",
+    ):
         assert (run / name).exists(), name
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["schema"] == "localearn.results/1"
@@ -78,8 +87,11 @@ def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, s
     monkeypatch.setattr(Experiment, "_checkpoint", original)
     resumed = Experiment.resume(tmp_path / "broken").run()
 
-    acc = lambda res: [(r["model"], r["block"], r["budget"], r["accuracy"])  # noqa: E731
-                       for r in res["probe"]]
+    def acc(res):
+        return [
+            (r["model"], r["block"], r["budget"], r["accuracy"]) for r in res["probe"]
+        ]
+
     assert acc(resumed) == acc(straight)
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)
@@ -91,22 +103,38 @@ def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, s
 
 
 def test_a_nan_loss_stops_with_block_and_step_and_keeps_the_last_checkpoint(tmp_path):
-    cfg = load_config(None, [*BASE, *GIM[:4], "network.rule.name=test_explode",
-                             "network.rule.nan_after=10",
-                             "scheduler.batch_size=200"])
+    cfg = load_config(
+        None,
+        [
+            *BASE,
+            *GIM[:4],
+            "network.rule.name=test_explode",
+            "network.rule.nan_after=10",
+            "scheduler.batch_size=200",
+        ],
+    )
     exp = Experiment.create(cfg, tmp_path / "nan")
-    with pytest.raises(DivergenceError, match=r"block 'block1' \(rule 'test_explode'\) "
-                       r"produced a non-finite loss .* epoch 1, step 10"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"block 'block1' \(rule 'test_explode'\) "
+        r"produced a non-finite loss .* epoch 1, step 10",
+    ):
         exp.run()
     ckpt = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
     assert ckpt["position"]["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["network"].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in ckpt["network"].values()
+        if v.is_floating_point()
+    )
 
 
 def test_unknown_config_key_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key 'schedulr' \(did you mean "
-                       r"'scheduler'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key 'schedulr' \(did you mean "
+        r"'scheduler'\?\)",
+    ):
         load_config(None, [*TINY, "schedulr.epochs=1"])
     with pytest.raises(ConfigError, match=r"unknown config key 'scheduler.epoch'"):
         load_config(None, [*TINY, "scheduler.epoch=1"])
@@ -123,35 +151,69 @@ def test_unknown_rule_lists_valid_rules(tmp_path):
 
 
 def test_unknown_data_set_lists_valid_names(tmp_path):
-    with pytest.raises(UnknownNameError, match=r"unknown data set 'mnsit'; valid names:"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown data set 'mnsit'; valid names:"
+    ):
         _run(tmp_path, "data.name=mnsit")
 
 
 def test_unknown_block_input_lists_known_blocks(tmp_path):
-    blocks = ("network.blocks=[{name: a, layers: [{type: conv, out: 4}]}, "
-              "{name: b, inputs: [z], layers: [{type: conv, out: 4}]}]")
-    with pytest.raises(UnknownNameError, match=r"block 'b' reads from unknown block 'z'"):
-        _run(tmp_path, blocks, "network.rule.name=infonce", "network.rule.steps=1",
-             "network.patches.size=4", "network.patches.stride=2", base=BASE)
+    blocks = (
+        "network.blocks=[{name: a, layers: [{type: conv, out: 4}]}, "
+        "{name: b, inputs: [z], layers: [{type: conv, out: 4}]}]"
+    )
+    with pytest.raises(
+        UnknownNameError, match=r"block 'b' reads from unknown block 'z'"
+    ):
+        _run(
+            tmp_path,
+            blocks,
+            "network.rule.name=infonce",
+            "network.rule.steps=1",
+            "network.patches.size=4",
+            "network.patches.stride=2",
+            base=BASE,
+        )
 
 
 def test_blocks_that_do_not_fit_name_both_blocks_and_shapes(tmp_path):
-    blocks = ("network.blocks=[{name: a, layers: [{type: conv, out: 4}]}, "
-              "{name: b, inputs: [a], layers: [{type: conv, out: 4, stride: 2}]}, "
-              "{name: c, inputs: [a, b], layers: [{type: conv, out: 4}]}]")
-    with pytest.raises(ShapeError, match=r"block 'c' concatenates 'a' of shape \(4, 4, 4\) "
-                       r"and 'b' of shape \(4, 1, 1\)"):
-        _run(tmp_path, blocks, "network.rule.name=infonce", "network.rule.steps=1",
-             "network.patches.size=4", "network.patches.stride=2", base=BASE)
+    blocks = (
+        "network.blocks=[{name: a, layers: [{type: conv, out: 4}]}, "
+        "{name: b, inputs: [a], layers: [{type: conv, out: 4, stride: 2}]}, "
+        "{name: c, inputs: [a, b], layers: [{type: conv, out: 4}]}]"
+    )
+    with pytest.raises(
+        ShapeError,
+        match=r"block 'c' concatenates 'a' of shape \(4, 4, 4\) "
+        r"and 'b' of shape \(4, 1, 1\)",
+    ):
+        _run(
+            tmp_path,
+            blocks,
+            "network.rule.name=infonce",
+            "network.rule.steps=1",
+            "network.patches.size=4",
+            "network.patches.stride=2",
+            base=BASE,
+        )
 
 
 def test_a_layer_that_cannot_take_the_block_below_names_both(tmp_path):
-    layers = ("network.layers=[{type: linear, out: 8}, {type: relu}, "
-              "{type: conv, out: 4}]")
-    with pytest.raises(ShapeError, match=r"block 'block2' cannot take the output of "
-                       r"'block1' \(per-sample shape \(8,\)\)"):
-        _run(tmp_path, layers, "network.split=[2]", "network.rule.name=test_hebb",
-             base=BASE)
+    layers = (
+        "network.layers=[{type: linear, out: 8}, {type: relu}, {type: conv, out: 4}]"
+    )
+    with pytest.raises(
+        ShapeError,
+        match=r"block 'block2' cannot take the output of "
+        r"'block1' \(per-sample shape \(8,\)\)",
+    ):
+        _run(
+            tmp_path,
+            layers,
+            "network.split=[2]",
+            "network.rule.name=test_hebb",
+            base=BASE,
+        )
 
 
 def test_an_existing_run_directory_is_not_overwritten(tmp_path):
@@ -167,17 +229,37 @@ def test_missing_config_file_says_where_the_experiments_are(tmp_path):
 
 def test_cli_run_rules_and_errors(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["run", "-q", "--out", str(out / "x"), "experiments/gim_mnist.yaml",
-                 "scheduler.epochs=0", "data.options.n_train=100",
-                 "evaluate.budgets=[all]", "evaluate.random_twin=false",
-                 "evaluate.reference=false"])
+    code = main(
+        [
+            "run",
+            "-q",
+            "--out",
+            str(out / "x"),
+            "experiments/gim_mnist.yaml",
+            "scheduler.epochs=0",
+            "data.options.n_train=100",
+            "evaluate.budgets=[all]",
+            "evaluate.random_twin=false",
+            "evaluate.reference=false",
+        ]
+    )
     assert code == 0
     assert "| block3 | all |" in capsys.readouterr().out
     assert main(["rules"]) == 0
     listed = capsys.readouterr().out
     assert "infonce (objective)" in listed and "negatives: int = 16" in listed
-    assert main(["run", "--out", str(tmp_path / "y"), "experiments/gim_mnist.yaml",
-                 "network.rule.name=nope"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(tmp_path / "y"),
+                "experiments/gim_mnist.yaml",
+                "network.rule.name=nope",
+            ]
+        )
+        == 2
+    )
     assert "unknown rule 'nope'" in capsys.readouterr().err
     assert main(["summarize", str(out / "x")]) == 0
     assert "| block1 | all | trained |" in capsys.readouterr().out

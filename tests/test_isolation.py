@@ -12,8 +12,10 @@ from localearn.schedulers import Position, SchedulerConfig, Trainer
 
 MLP3 = {
     "layers": [
-        {"type": "linear", "out": 12}, {"type": "relu"},
-        {"type": "linear", "out": 10}, {"type": "relu"},
+        {"type": "linear", "out": 12},
+        {"type": "relu"},
+        {"type": "linear", "out": 10},
+        {"type": "relu"},
         {"type": "linear", "out": 8},
     ],
     "split": [2, 4],
@@ -30,12 +32,19 @@ def test_leaking_rule_is_caught_with_block_rule_and_parameter_named():
     cfg = copy.deepcopy(MLP3)
     cfg["blocks"] = [{}, {"rule": {"name": "test_leak"}}, {}]
     net = _net(cfg)
-    net.blocks["block2"].rule.__dict__["foreign"] = net.blocks["block1"].body[0][1].weight
-    trainer = Trainer(net, SchedulerConfig(epochs=1, batch_size=8, audit_steps=-1),
-                      torch.rand(16, 1, 8, 8), torch.zeros(16, dtype=torch.long))
+    net.blocks["block2"].rule.__dict__["foreign"] = (
+        net.blocks["block1"].body[0][1].weight
+    )
+    trainer = Trainer(
+        net,
+        SchedulerConfig(epochs=1, batch_size=8, audit_steps=-1),
+        torch.rand(16, 1, 8, 8),
+        torch.zeros(16, dtype=torch.long),
+    )
     with pytest.raises(
         IsolationError,
-        match=r"block 'block2' \(rule 'test_leak'\) reaches parameter 'body.0.1.weight' "
+        match=r"block 'block2' \(rule 'test_leak'\) reaches parameter "
+        r"'body.0.1.weight' "
         r"of block 'block1'",
     ):
         trainer.run()
@@ -52,8 +61,10 @@ def test_audit_counts_own_parameters():
     net = _net()
     block = net.blocks["block1"]
     loss = block(torch.rand(4, 1, 8, 8)).sum()
-    assert audit_graph(loss, "block1", "r", block.parameters(),
-                       net.block_of_parameter()) == 2
+    assert (
+        audit_graph(loss, "block1", "r", block.parameters(), net.block_of_parameter())
+        == 2
+    )
 
 
 def test_plasticity_update_for_a_foreign_parameter_is_refused():
@@ -73,9 +84,7 @@ def test_every_block_has_its_own_optimizer_over_its_own_parameters():
 
 def _snapshot(net):
     params = {k: v.clone() for k, v in net.state_dict().items()}
-    opts = {
-        n: copy.deepcopy(b.optimizer.state_dict()) for n, b in net.blocks.items()
-    }
+    opts = {n: copy.deepcopy(b.optimizer.state_dict()) for n, b in net.blocks.items()}
     return params, opts
 
 
@@ -84,7 +93,9 @@ def test_a_step_of_block_k_changes_nothing_outside_it_momentum_included(k):
     net = _net()
     x = torch.rand(16, 1, 8, 8)
     y = torch.zeros(16, dtype=torch.long)
-    trainer = Trainer(net, SchedulerConfig(epochs=1, batch_size=16, audit_steps=-1), x, y)
+    trainer = Trainer(
+        net, SchedulerConfig(epochs=1, batch_size=16, audit_steps=-1), x, y
+    )
     # give every optimizer momentum state first
     trainer._local_step(x, y, net.order, True, Position())
     before, opt_before = _snapshot(net)

@@ -28,12 +28,17 @@ def test_builtin_rule_is_found_through_its_entry_point():
 
 
 def test_unknown_rule_lists_the_valid_names():
-    with pytest.raises(UnknownNameError, match=r"unknown rule 'infonse'; valid rules: .*infonce"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown rule 'infonse'; valid rules: .*infonce"
+    ):
         get_rule_class("infonse")
 
 
 def test_rule_without_its_kinds_method_is_refused_at_registration():
-    with pytest.raises(RuleDefinitionError, match=r"rule 'no_update' of kind 'plasticity' must define update\(\)"):
+    with pytest.raises(
+        RuleDefinitionError,
+        match=r"rule 'no_update' of kind 'plasticity' must define update\(\)",
+    ):
 
         @register_rule("no_update")
         class NoUpdate(PlasticityRule):
@@ -56,7 +61,9 @@ def test_hyperparameter_without_default_is_refused():
     class NoDefault:
         lr: float
 
-    with pytest.raises(RuleDefinitionError, match="hyperparameter 'lr' needs a default"):
+    with pytest.raises(
+        RuleDefinitionError, match="hyperparameter 'lr' needs a default"
+    ):
 
         @register_rule("no_default")
         class R(ObjectiveRule):
@@ -83,7 +90,9 @@ def test_name_clash_is_refused_unless_replacing():
 
 
 def test_unknown_hyperparameter_is_named():
-    with pytest.raises(ConfigError, match=r"rule 'infonce' has no hyperparameter 'stepz'; valid: steps"):
+    with pytest.raises(
+        ConfigError, match=r"rule 'infonce' has no hyperparameter 'stepz'; valid: steps"
+    ):
         make_rule("infonce", {"stepz": 3})
 
 

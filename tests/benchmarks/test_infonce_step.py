@@ -39,7 +39,9 @@ def _setup(mode):
     net = Network.from_config(NET, (1, 64, 64), 10)
     x = torch.rand(32, 1, 64, 64)
     y = torch.zeros(32, dtype=torch.long)
-    trainer = Trainer(net, SchedulerConfig(mode=mode, batch_size=32, audit_steps=0), x, y)
+    trainer = Trainer(
+        net, SchedulerConfig(mode=mode, batch_size=32, audit_steps=0), x, y
+    )
     idx = torch.arange(32)
     return lambda: trainer.step(idx, net.order, None, False, Position())
 
@@ -63,6 +65,8 @@ def test_infonce_step_time_and_memory(benchmark, mode, record):
         ratio_t = record["simultaneous"]["seconds"] / record["reference"]["seconds"]
         ratio_m = record["simultaneous"]["delta_mb"] / record["reference"]["delta_mb"]
         benchmark.extra_info.update(
-            {"time_ratio_simultaneous_over_reference": round(ratio_t, 3),
-             "memory_ratio_simultaneous_over_reference": round(ratio_m, 3)}
+            {
+                "time_ratio_simultaneous_over_reference": round(ratio_t, 3),
+                "memory_ratio_simultaneous_over_reference": round(ratio_m, 3),
+            }
         )

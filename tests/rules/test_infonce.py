@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from localearn.rules.infonce import info_nce, sample_negatives
 
 from localearn.errors import ConfigError, ShapeError
 from localearn.network import Network
 from localearn.rule import BlockContext, make_rule
-from localearn.rules.infonce import info_nce, sample_negatives
 
 
 def _rule(grid_len, channels=4, **options):
@@ -55,7 +55,9 @@ def test_sampled_negatives_match_a_direct_computation():
     neg = torch.tensor([[1, 2], [0, 3], [5, 5], [0, 1], [7, 2]])
     want = 0.0
     for m in range(5):
-        scores = [float(pred[m] @ pool[pos[m]])] + [float(pred[m] @ pool[j]) for j in neg[m]]
+        scores = [float(pred[m] @ pool[pos[m]])] + [
+            float(pred[m] @ pool[j]) for j in neg[m]
+        ]
         want += -scores[0] + math.log(sum(math.exp(s) for s in scores))
     assert float(info_nce(pred, pool, pos, neg)) == pytest.approx(want / 5, rel=1e-5)
 
@@ -72,7 +74,9 @@ def test_loss_gradient_matches_autograd_of_a_direct_formula():
 
 @settings(max_examples=50, deadline=None)
 @given(
-    group=st.integers(2, 30), n=st.integers(1, 40), groups=st.integers(1, 4),
+    group=st.integers(2, 30),
+    n=st.integers(1, 40),
+    groups=st.integers(1, 4),
     seed=st.integers(0, 10_000),
 )
 def test_the_positive_is_never_a_negative(group, n, groups, seed):
@@ -91,11 +95,19 @@ def test_cosine_score_with_temperature():
 
 IMAGE_NET = {
     "patches": {"size": 8, "stride": 4},
-    "layers": [{"type": "conv", "out": 8}, {"type": "relu"},
-               {"type": "conv", "out": 8}, {"type": "relu"}],
+    "layers": [
+        {"type": "conv", "out": 8},
+        {"type": "relu"},
+        {"type": "conv", "out": 8},
+        {"type": "relu"},
+    ],
     "split": [2],
-    "rule": {"name": "infonce", "steps": 2, "negatives": 16,
-             "directions": ["down", "up", "right", "left"]},
+    "rule": {
+        "name": "infonce",
+        "steps": 2,
+        "negatives": 16,
+        "directions": ["down", "up", "right", "left"],
+    },
 }
 
 
@@ -114,20 +126,28 @@ def test_batch_size_one_works_with_batch_negatives():
 
 def test_too_few_negatives_is_a_clear_error():
     rule = _rule(4, steps=1, negatives=16, negative_source="image")
-    with pytest.raises(ShapeError, match=r"16 negatives requested but a batch of 1 "
-                       r"on a 4x1 grid offers only 3 per positive"):
+    with pytest.raises(
+        ShapeError,
+        match=r"16 negatives requested but a batch of 1 "
+        r"on a 4x1 grid offers only 3 per positive",
+    ):
         rule.loss(None, torch.randn(1, 4, 4))
 
 
 def test_prediction_steps_beyond_the_grid_are_refused():
     cfg = dict(IMAGE_NET, rule={"name": "infonce", "steps": 5})
-    with pytest.raises(ConfigError, match=r"prediction step 5 with skip 1 reaches 6 "
-                       r"positions down, but the grid has only 6"):
+    with pytest.raises(
+        ConfigError,
+        match=r"prediction step 5 with skip 1 reaches 6 "
+        r"positions down, but the grid has only 6",
+    ):
         Network.from_config(cfg, (1, 28, 28), 10)
 
 
 def test_sideways_directions_on_a_sequence_are_refused():
-    with pytest.raises(ConfigError, match="include right/left but the grid is a sequence"):
+    with pytest.raises(
+        ConfigError, match="include right/left but the grid is a sequence"
+    ):
         _rule(10, directions=["right"])
 
 
@@ -150,8 +170,10 @@ def test_right_direction_predicts_the_next_column():
                 shift[i * 5 + j + 1, i * 5 + j] = 1.0
     losses = {}
     for direction in ("right", "down"):
-        rule = make_rule("infonce", {"skip": 0, "steps": 1, "negatives": 0,
-                                     "directions": [direction]})
+        rule = make_rule(
+            "infonce",
+            {"skip": 0, "steps": 1, "negatives": 0, "directions": [direction]},
+        )
         rule.setup(BlockContext("b", (25, 5, 5), (25, 5, 5)), torch.nn.Identity())
         with torch.no_grad():
             rule.predictors[0].weight.copy_(shift)
