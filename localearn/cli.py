@@ -5,6 +5,7 @@ Commands:
     run --resume DIR             finish an interrupted run
     rules                        list every rule with its kind and defaults
     datasets                     list the data sets
+    compare CONFIG [key=value]   variants x seeds, with statistics
     summarize DIR [DIR ...]      mean probe accuracy over runs (seeds)
 """
 
@@ -55,6 +56,17 @@ def _run(args: argparse.Namespace) -> int:
         f"total {results['timing']['total_s']:.1f} s; report: {exp.dir / 'report.md'}"
     )
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from localearn.compare import run_comparison
+    from localearn.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(cfg.output.dir) / f"{cfg.name}-compare"
+    summary = run_comparison(cfg, out, progress=not args.quiet)
+    print((out / "report.md").read_text())
+    return 1 if summary["failures"] else 0
 
 
 def _rules(args: argparse.Namespace) -> int:
@@ -115,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="DIR", help="finish the run in DIR")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_run)
+    c = sub.add_parser("compare", help="variants x seeds on equal terms")
+    c.add_argument("config", help="experiment YAML with a compare section")
+    c.add_argument("overrides", nargs="*", help="key=value overrides")
+    c.add_argument("--out", help="directory (default output.dir/NAME-compare)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=_compare)
     ru = sub.add_parser("rules", help="list rules, kinds and hyperparameters")
     ru.add_argument("--json", action="store_true")
     ru.set_defaults(func=_rules)

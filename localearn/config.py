@@ -43,9 +43,10 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 250,
         "probe": dataclasses.asdict(ProbeConfig()),
     },
-    "output": {"dir": "runs", "checkpoint": True, "progress": False},
+    "output": {"dir": "runs", "checkpoint": True},
+    "compare": {},
 }
-FREE_SECTIONS = ("network", "data.options")
+FREE_SECTIONS = ("network", "data.options", "compare")
 
 
 def _check_keys(cfg: Any, defaults: Any, path: str) -> None:

@@ -151,6 +151,119 @@ def _fields_plots(net, out: Path) -> list[str]:
     return names
 
 
+def write_comparison_report(
+    out: Path, summary: dict[str, Any], results: dict[str, dict[int, dict]]
+) -> Path:
+    """Write the comparison's ``report.md`` with its tables and plots."""
+    out = Path(out)
+    parts = ["# Comparison", ""]
+    parts.append(
+        f"Seeds: {summary['seeds']}. Mean over seeds with standard deviation and "
+        "95% confidence interval (Student's t). "
+        + (
+            f"Paired t-test against '{summary['baseline']}' on the same seeds."
+            if summary["baseline"]
+            else ""
+        )
+    )
+    parts += [
+        "",
+        "| variant | block | labels per class | model | mean | std | 95% CI "
+        "| n | diff vs baseline | p |",
+        "|" + " --- |" * 10,
+    ]
+    for r in sorted(
+        summary["rows"],
+        key=lambda r: (r["budget"], r["block"], r["variant"], r["model"]),
+    ):
+        diff = f"{100 * r['diff_mean']:+.1f}" if "diff_mean" in r else ""
+        p = f"{r['p_value']:.3g}" if r.get("p_value") is not None else ""
+        parts.append(
+            f"| {r['variant']} | {r['block']} | {r['budget']} | {r['model']} | "
+            f"{100 * r['mean']:.1f}% | {100 * r['std']:.1f} | "
+            f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | {r['n']} | "
+            f"{diff} | {p} |"
+        )
+    if summary["train_seconds"]:
+        parts += ["", "Training time per run (mean over seeds):", ""]
+        parts += [f"- {v}: {s:.1f} s" for v, s in summary["train_seconds"].items()]
+    for f in summary.get("failures", []):
+        parts.append(f"- FAILED: {f['variant']} seed {f['seed']}: {f['error']}")
+    if _depth_plot(summary, out / "depth.png"):
+        parts += ["", "![probe accuracy against block depth](depth.png)"]
+    if _curves_plot(out, results, out / "curves.png"):
+        parts += ["", "![training curves](curves.png)"]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def _depth_plot(summary: dict, path: Path) -> bool:
+    rows = [
+        r
+        for r in summary["rows"]
+        if r["model"] == "trained" and r["block"] != "readout"
+    ]
+    if not rows:
+        return False
+    budgets = sorted({r["budget"] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(budgets), figsize=(5 * len(budgets), 3.5), squeeze=False
+    )
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            pts = [r for r in rows if r["variant"] == variant and r["budget"] == budget]
+            ys = [100 * r["mean"] for r in pts]
+            err = [100 * (r["ci_high"] - r["mean"]) for r in pts]
+            ax.errorbar(
+                range(1, len(ys) + 1),
+                ys,
+                yerr=err,
+                marker="o",
+                capsize=3,
+                label=variant,
+            )
+        ax.set_xlabel("block depth")
+        ax.set_ylabel("probe accuracy (%)")
+        ax.set_title(f"{budget} labels per class")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _curves_plot(out: Path, results: dict, path: Path) -> bool:
+    import json
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for variant, by_seed in results.items():
+        if not by_seed:
+            continue
+        seed = sorted(by_seed)[0]
+        metrics = out / variant / f"seed{seed}" / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        curves: dict[str, list[float]] = defaultdict(list)
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("event") == "epoch" and rec.get("model") == "trained":
+                for block, value in rec["loss"].items():
+                    curves[block].append(value)
+        for block, ys in curves.items():
+            ax.plot(range(1, len(ys) + 1), ys, label=f"{variant} {block}", lw=1)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("local loss")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def write_report(
     run_dir: Path, results: dict[str, Any], models: dict, metrics: list[dict]
 ) -> Path:

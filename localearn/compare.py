@@ -1,0 +1,208 @@
+"""Comparisons: several rules or settings, across seeds, on equal terms.
+
+A comparison is an experiment config with a ``compare`` section::
+
+    compare:
+      seeds: [0, 1, 2, 3, 4]
+      variants:                      # name -> overrides of the base config
+        greedy: {}
+        end_to_end: {scheduler.mode: reference}
+      baseline: end_to_end           # variant every other is tested against
+
+Every variant runs with every seed, so all see the same data split, the same
+initialisation (for the same network) and the same probe subsets. Each run
+has its own directory under the comparison's directory; a finished run is
+reused when the comparison is restarted, an unfinished one is resumed, and a
+failed one is reported without losing the others.
+
+The summary gives, per variant, block, label budget and model, the mean, the
+standard deviation and a 95% confidence interval (Student's t) over seeds,
+and a paired t-test of each variant against the baseline on the same seeds
+(the seeds fix the data and the probe subsets, so the runs pair up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from scipy import stats
+
+from localearn.config import DEFAULTS, _check_keys, to_plain
+from localearn.errors import ConfigError, LocalearnError
+from localearn.experiment import Experiment, atomic_write_text
+
+log = logging.getLogger(__name__)
+SUMMARY_SCHEMA = "localearn.comparison/1"
+
+
+def split_compare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """Separate the ``compare`` section from the base experiment config."""
+    if "compare" not in cfg:
+        raise ConfigError(
+            "the config has no 'compare' section; add compare.seeds and "
+            "compare.variants (see experiments/compare_mnist.yaml)"
+        )
+    spec = to_plain(cfg.compare)
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "compare"])
+    unknown = set(spec) - {"seeds", "variants", "baseline"}
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) compare.{', compare.'.join(sorted(unknown))}; valid "
+            "keys: seeds, variants, baseline"
+        )
+    spec.setdefault("seeds", [0, 1, 2, 3, 4])
+    spec.setdefault("variants", {"default": {}})
+    if not spec["variants"]:
+        raise ConfigError("compare.variants is empty; give at least one variant")
+    baseline = spec.get("baseline")
+    if baseline is not None and baseline not in spec["variants"]:
+        raise ConfigError(
+            f"compare.baseline '{baseline}' is not a variant; variants: "
+            f"{', '.join(spec['variants'])}"
+        )
+    return base, spec
+
+
+def variant_config(base: DictConfig, overrides: dict, seed: int) -> DictConfig:
+    """The base config with a variant's overrides and a seed applied."""
+    dotted = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
+    patch = OmegaConf.from_dotlist(dotted)
+    _check_keys(patch, DEFAULTS, "")
+    cfg = OmegaConf.merge(base, patch)
+    cfg.seed = seed
+    return cfg
+
+
+def run_comparison(
+    cfg: DictConfig, out: Path, progress: bool = False
+) -> dict[str, Any]:
+    """Run (or finish) every variant with every seed, then summarise.
+
+    Args:
+        cfg: experiment config with a ``compare`` section.
+        out: the comparison's directory.
+        progress: show progress bars.
+
+    Returns:
+        The summary also written to ``out/summary.json``.
+    """
+    base, spec = split_compare(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "comparison.yaml")
+    results: dict[str, dict[int, dict]] = defaultdict(dict)
+    failures = []
+    for name, overrides in spec["variants"].items():
+        for seed in spec["seeds"]:
+            run_dir = out / name / f"seed{seed}"
+            try:
+                results[name][seed] = _one_run(base, overrides, seed, run_dir, progress)
+            except (LocalearnError, NotImplementedError, RuntimeError) as err:
+                log.error("variant %s seed %s failed: %s", name, seed, err)
+                failures.append(
+                    {
+                        "variant": name,
+                        "seed": seed,
+                        "error": f"{type(err).__name__}: {err}",
+                        "traceback": traceback.format_exc(limit=3),
+                    }
+                )
+    summary = summarize(results, spec.get("baseline"))
+    summary["failures"] = failures
+    summary["seeds"] = list(spec["seeds"])
+    atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
+    from localearn.report import write_comparison_report
+
+    write_comparison_report(out, summary, results)
+    return summary
+
+
+def _one_run(base, overrides, seed, run_dir: Path, progress: bool) -> dict:
+    done = run_dir / "results.json"
+    if done.exists():
+        log.info("reusing finished run %s", run_dir)
+        return json.loads(done.read_text())
+    if (run_dir / "config.yaml").exists():
+        log.info("resuming %s", run_dir)
+        return Experiment.resume(run_dir, progress).run()
+    cfg = variant_config(base, overrides, seed)
+    return Experiment.create(cfg, run_dir, progress).run()
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation and a Student-t confidence interval.
+
+    Example:
+        >>> out = mean_ci([1.0, 2.0, 3.0])
+        >>> round(out["mean"], 3), round(out["std"], 3), round(out["ci_low"], 3)
+        (2.0, 1.0, -0.484)
+    """
+    arr = np.asarray(values, dtype=float)
+    n = len(arr)
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if n > 1 else 0.0
+    half = (
+        float(stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n))
+        if n > 1
+        else 0.0
+    )
+    return {
+        "mean": mean,
+        "std": std,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "n": n,
+    }
+
+
+def summarize(
+    results: dict[str, dict[int, dict]], baseline: str | None
+) -> dict[str, Any]:
+    """Statistics per variant, block, budget and model; tests against baseline."""
+    table: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for variant, by_seed in results.items():
+        for seed, res in by_seed.items():
+            for row in res["probe"]:
+                key = (variant, row["block"], row["budget"], row["model"])
+                table[key][seed] = row["accuracy"]
+            for model, acc in res.get("readout", {}).items():
+                table[(variant, "readout", "all", model)][seed] = acc
+    rows = []
+    for (variant, block, budget, model), by_seed in table.items():
+        row = {
+            "variant": variant,
+            "block": block,
+            "budget": budget,
+            "model": model,
+            **mean_ci(list(by_seed.values())),
+        }
+        base = table.get((baseline, block, budget, "trained")) if baseline else None
+        if base and variant != baseline and model == "trained":
+            seeds = sorted(set(by_seed) & set(base))
+            row["baseline"] = baseline
+            row["diff_mean"] = float(np.mean([by_seed[s] - base[s] for s in seeds]))
+            if len(seeds) > 1:
+                test = stats.ttest_rel(
+                    [by_seed[s] for s in seeds], [base[s] for s in seeds]
+                )
+                row["p_value"] = None if math.isnan(test.pvalue) else float(test.pvalue)
+        rows.append(row)
+    timing = {
+        v: mean_ci([r["timing"]["train_s"] for r in by_seed.values()])["mean"]
+        for v, by_seed in results.items()
+        if by_seed
+    }
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "baseline": baseline,
+        "rows": rows,
+        "train_seconds": timing,
+    }
