@@ -14,18 +14,26 @@ step instead (Salvatori et al., ICLR 2024, "iPC").
 
 Two kinds of energy rule are relaxed here:
 
-* Gaussian rules, such as predictive coding, define ``predict(body, x)``,
-  the prediction ``mu`` of the block's state from its input, and optionally
-  ``predict_input(z)``, a top-down prediction of the input from the state.
-  Their energy is half the squared prediction errors summed over units and
-  averaged over the batch (:func:`gaussian_energy`). Inference uses the
-  errors directly, so autograd runs only through the predictions, all blocks
-  in one backward call per step; a prediction that cannot change during
-  inference (from the clamped input, weights fixed) is computed once.
-  Each sample's state descends its own energy, so the step size does not
-  depend on the batch size.
+* Gaussian rules, such as predictive coding, define ``predictor(body)``, the
+  module that predicts the block's state from its input, and
+  ``input_predictor()``, a module that predicts the input from the state
+  (top-down), or None. Their energy is half the squared prediction errors
+  summed over units and averaged over the batch (:func:`gaussian_energy`);
+  each sample's state descends its own energy, so the step size does not
+  depend on the batch size. Inference uses the errors directly and needs
+  only vector-Jacobian products of the predictors; for predictors built of
+  linear layers, flattening and pointwise activations these are written out
+  by hand (:class:`Path`), without the autograd engine. The prediction from
+  the clamped input is computed once per batch (its weights do not move
+  during inference), and the first step reuses the feedforward pass, where
+  every unclamped error is zero.
 * Any other energy rule is relaxed by autograd on its ``energy(body, x, z)``,
   exactly as the rule returns it.
+
+A supervised block trained without the blocks above it (sequential mode)
+would see no label; its chain then extends through the energy blocks above,
+up to the network's last block, which relax their states with it but keep
+their weights.
 
 Options are read from the rule's config when it has them (the defaults in
 brackets apply otherwise): ``inference_steps`` (T) [20], ``inference_lr``
@@ -49,12 +57,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from localearn.errors import ConfigError, DivergenceError
 from localearn.isolation import audit_graph
 from localearn.network import Network
+from localearn.rule import EnergyRule
 
-# a step "raises" the energy only past this relative margin (float32 noise)
+# a step raises the energy only past this relative margin (float32 noise)
 _RISE = 1e-5
 
 
@@ -83,12 +94,15 @@ def gaussian_energy(
         >>> float(gaussian_energy(torch.ones(2, 3), torch.zeros(2, 3)))
         1.5
     """
-    e = (z - mu).flatten()
-    energy = torch.dot(e, e)
+    energy = _square(z - mu)
     if x_hat is not None:
-        d = (x - x_hat).flatten()
-        energy = energy + torch.dot(d, d)
+        energy = energy + _square(x - x_hat)
     return energy * (0.5 / z.shape[0])
+
+
+def is_gaussian(rule: Any) -> bool:
+    """Whether a rule follows the Gaussian protocol (``predictor``)."""
+    return callable(getattr(rule, "predictor", None))
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ class InferenceRecord:
     Attributes:
         energy: the block's energy at each accepted inference step; the last
             entry is the energy after inference, the one its weights learn
-            from (in the incremental variant, the energy of the last step).
+            from (in the incremental variant, the energy at the last step).
         steps: inference steps taken (fewer than T when stopped early).
         lr: the state step size at the end (lower after back-offs).
         backoffs: steps undone because they raised the total energy.
@@ -128,6 +142,127 @@ class InferenceRecord:
     steps: int
     lr: float
     backoffs: int
+
+
+# -- predictions and their vector-Jacobian products ---------------------------
+
+_POINTWISE = (nn.GELU, nn.ReLU, nn.Tanh, nn.Sigmoid)
+_RESHAPE = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+def _layers(module: nn.Module) -> list[nn.Module] | None:
+    """The layers of a (nested) ``nn.Sequential`` if each has a written-out
+    vector-Jacobian product, else None."""
+    if type(module) is nn.Sequential:
+        out = []
+        for layer in module:
+            inner = _layers(layer)
+            if inner is None:
+                return None
+            out.extend(inner)
+        return out
+    if type(module) in (nn.Linear, *_POINTWISE, *_RESHAPE):
+        return [module]
+    return None
+
+
+class Path:
+    """A prediction module with its vector-Jacobian product.
+
+    For a module made of linear layers, flattening and GELU, ReLU, tanh or
+    sigmoid activations, the forward pass keeps what the backward pass needs
+    and :meth:`vjp` applies the transposed Jacobian layer by layer (``g W``
+    for a linear layer, ``g * phi'(a)`` for an activation) with no autograd
+    graph. Any other module goes through autograd.
+
+    Args:
+        module: maps a batch of inputs to a batch of predictions.
+
+    Example:
+        >>> path = Path(nn.Sequential(nn.Linear(3, 2), nn.Tanh()))
+        >>> y, saved = path.forward(torch.randn(4, 3))
+        >>> path.vjp(saved, torch.ones_like(y)).shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.layers = _layers(module)
+
+    @property
+    def written_out(self) -> bool:
+        """Whether the vector-Jacobian product runs without autograd."""
+        return self.layers is not None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Prediction (detached) and what :meth:`vjp` needs."""
+        if self.layers is None:
+            leaf = x.detach().requires_grad_()
+            with torch.enable_grad():
+                y = self.module(leaf)
+            return y.detach(), (leaf, y)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._written_forward(x)
+        return self._written_forward(x)
+
+    def vjp(self, saved: Any, g: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """``J^T g``, with ``J`` the Jacobian at the input of :meth:`forward`.
+
+        Args:
+            saved: the second output of :meth:`forward`.
+            g: a cotangent shaped like the prediction.
+            keep: keep the autograd graph for another product (autograd only).
+        """
+        if self.layers is None:
+            leaf, y = saved
+            (out,) = torch.autograd.grad(
+                y, leaf, g, retain_graph=keep, allow_unused=True
+            )
+            return out if out is not None else torch.zeros_like(leaf)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._written_vjp(saved, g)
+        return self._written_vjp(saved, g)
+
+    def _written_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        saved = []
+        for layer in self.layers:
+            kind = type(layer)
+            if kind is nn.Linear:
+                saved.append(layer.weight)
+                x = F.linear(x, layer.weight, layer.bias)
+            elif kind is nn.GELU:
+                saved.append(x)
+                x = F.gelu(x, approximate=layer.approximate)
+            elif kind in _POINTWISE:
+                x = layer(x)
+                saved.append(x)
+            else:
+                saved.append(x.shape)
+                x = layer(x)
+        return x, saved
+
+    def _written_vjp(self, saved: Any, g: torch.Tensor) -> torch.Tensor:
+        aten = torch.ops.aten
+        for layer, s in zip(reversed(self.layers), reversed(saved), strict=True):
+            kind = type(layer)
+            if kind is nn.Linear:
+                g = g.matmul(s)
+            elif kind is nn.GELU:
+                g = aten.gelu_backward(g, s, approximate=layer.approximate)
+            elif kind is nn.ReLU:
+                g = aten.threshold_backward(g, s, 0)
+            elif kind is nn.Tanh:
+                g = aten.tanh_backward(g, s)
+            elif kind is nn.Sigmoid:
+                g = aten.sigmoid_backward(g, s)
+            else:
+                g = g.reshape(s)
+        return g
+
+
+# -- the scheduler's entry point ----------------------------------------------
 
 
 def relax_and_learn(
@@ -159,69 +294,110 @@ def relax_and_learn(
             ``max_energy_ratio``, naming the block and the step.
         ConfigError: blocks of the group disagree on inference options.
     """
-    chain = _Chain(net, group, x, audit, owners, pos)
+    chain = _Chain(net, _inference_chain(net, group), len(group), x, audit, owners, pos)
     outputs, states = chain.start(labels)
     states, trace, info = _relax(chain, states)
     if not chain.opts.incremental:
-        final = chain.learn(states, trace, info)
-        trace.append(final)
+        trace.append(chain.learn(states, trace, info))
     energies = torch.stack(trace).tolist()
-    for i, (name, block) in enumerate(zip(group, chain.blocks, strict=True)):
+    for i, block in enumerate(chain.blocks[: len(group)]):
         observe = getattr(block.rule, "observe", None)
         if observe is not None:
             curve = [row[i] for row in energies]
             observe(InferenceRecord(curve, info["steps"], info["lr"], info["backoffs"]))
-    last = energies[-1]
-    return dict(zip(group, outputs, strict=True)), dict(zip(group, last, strict=True))
+    final = dict(zip(group, energies[-1], strict=False))
+    return dict(zip(group, outputs, strict=False)), final
+
+
+def _inference_chain(net: Network, group: list[str]) -> list[str]:
+    """The blocks that relax together with ``group``.
+
+    A group whose top block needs labels but is not the network's last block
+    (a supervised block trained on its own, as in sequential mode) gets the
+    energy blocks above it, up to the last, so that inference carries the
+    label's error down to it; those blocks relax their states but keep their
+    weights.
+    """
+    names = list(group)
+    top = net.blocks[names[-1]].rule
+    if not top.needs_labels_now() or top.context is None or top.context.is_last:
+        return names
+    order = net.order
+    for name in order[order.index(names[-1]) + 1 :]:
+        block = net.blocks[name]
+        if not isinstance(block.rule, EnergyRule) or list(block.inputs) != [names[-1]]:
+            break
+        names.append(name)
+        if block.rule.context.is_last:
+            break
+    return names
 
 
 class _Chain:
-    """The blocks of one group, their cached predictions and their gradients."""
+    """The blocks of one group: their predictions, gradients and updates."""
 
-    def __init__(self, net: Network, group: list[str], x, audit: bool, owners, pos):
-        self.names = list(group)
-        self.blocks = [net.blocks[n] for n in group]
+    def __init__(
+        self, net: Network, names: list[str], learners: int, x, audit: bool, owners, pos
+    ):
+        self.names = list(names)
+        self.blocks = [net.blocks[n] for n in names]
+        self.learners = self.blocks[:learners]
         self.rules = [b.rule for b in self.blocks]
         self.x = x
         self.audit = audit
         self.owners = owners
         self.pos = pos
         self.opts = _group_options(self.names, self.rules)
-        self.gaussian = all(callable(getattr(r, "predict", None)) for r in self.rules)
-        self.params = [[p for p in b.parameters() if p.requires_grad] for b in self.blocks]
-        self.cache: list[tuple[torch.Tensor, torch.Tensor | None] | None] = []
+        self.gaussian = all(is_gaussian(r) for r in self.rules)
+        self.params = [
+            [p for p in b.parameters() if p.requires_grad] for b in self.learners
+        ]
         self.free = len(self.blocks)
-        if self.opts.fixed_prediction and not self.gaussian:
-            plain = next(r for r in self.rules if not callable(getattr(r, "predict", None)))
+        self.up: list[Path] = []
+        self.down: list[Path | None] = []
+        self.cache: list[Any] = [None] * len(self.blocks)
+        self._begin: float | None = None
+        if self.gaussian:
+            for block in self.blocks:
+                self.up.append(Path(block.rule.predictor(block.body)))
+                head = block.rule.input_predictor()
+                self.down.append(Path(head) if head is not None else None)
+        elif self.opts.fixed_prediction:
+            plain = next(r for r in self.rules if not is_gaussian(r))
             raise NotImplementedError(
-                f"fixed_prediction needs energy rules that define predict(body, x); "
-                f"rule '{plain.name}' does not"
+                f"fixed_prediction needs Gaussian energy rules (with predictor()); "
+                f"rule '{plain.name}' has none"
             )
 
     # -- feedforward start ----------------------------------------------------
 
     def start(self, labels) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Feedforward pass: the messages sent up and the initial states."""
-        fixed = self.opts.fixed_prediction
-        keep = self.gaussian and not self.opts.incremental
+        fast = self.gaussian and not self.opts.incremental
         outputs, states = [], []
         below = self.x
         for i, block in enumerate(self.blocks):
             rule = block.rule
-            if keep and (i == 0 or fixed):
-                # prediction kept (with its graph) for inference and the update
-                leaf = below.detach().requires_grad_(i > 0)
-                mu = rule.predict(block.body, leaf)
-                self.cache.append((mu, leaf if i > 0 else None))
+            if fast and i == 0:
+                # the prediction from the clamped input, kept with its graph
+                mu = self.up[0].module(below)
+                self.cache[0] = mu
                 out = state = mu.detach()
+            elif fast:
+                # kept for the first inference step (and every step with
+                # fixed predictions): the prediction and its Jacobian
+                out, saved = self.up[i].forward(below)
+                if self.audit and not self.up[i].written_out:
+                    self._audit(saved[1], i, [saved[0]])
+                self.cache[i] = (out, saved, below)
+                state = out
             else:
-                self.cache.append(None)
                 with torch.no_grad():
                     if self.gaussian:
-                        out = state = rule.predict(block.body, below)
+                        out = state = self.up[i].module(below)
                     else:
                         out = state = block.body(below)
-                        if _own_init(rule):
+                        if type(rule).init_state is not EnergyRule.init_state:
                             state = rule.init_state(block.body, below)
             outputs.append(out)
             states.append(state)
@@ -237,80 +413,61 @@ class _Chain:
 
     # -- state gradients ------------------------------------------------------
 
-    def gradients(self, states) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    def gradients(
+        self, states, first: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Energy of every block and the gradient on every free state.
+
+        Args:
+            states: the latent states.
+            first: ``states`` are the initial ones (Gaussian rules then reuse
+                the feedforward pass, where every unclamped error is zero).
 
         In the incremental variant this also writes each block's weight
         gradient into ``.grad``.
         """
-        if self.gaussian:
-            return self._gaussian_gradients(states)
+        if self.gaussian and not self.opts.incremental:
+            with torch.no_grad():
+                return self._gaussian_gradients(states, first)
         return self._autograd_gradients(states)
 
-    def _gaussian_gradients(self, states):
-        incremental = self.opts.incremental
-        grads: list[torch.Tensor | None] = [None] * self.free
-        squares, outs, cots, leaves, receivers = [], [], [], [], []
-        for i, block in enumerate(self.blocks):
-            rule = block.rule
+    def _gaussian_gradients(self, states, first: bool):
+        fixed, free, cache = self.opts.fixed_prediction, self.free, self.cache
+        grads: list[torch.Tensor | None] = [None] * free
+        squares = []
+        for i, (up, down) in enumerate(zip(self.up, self.down, strict=True)):
             below = self.x if i == 0 else states[i - 1]
             z = states[i]
 
-            # prediction of the state from below (kept, or made afresh)
-            cached = self.cache[i]
-            if cached is not None:
-                mu, leaf = cached
+            # prediction error: its own gradient, and J^T e sent down
+            if i == 0:
+                mu = cache[0].detach()
+            elif fixed or first:
+                mu, saved, _ = cache[i]
             else:
-                leaf = below.detach().requires_grad_() if i > 0 else None
-                mu = rule.predict(block.body, leaf if leaf is not None else below)
+                mu, saved = up.forward(below)
+                if self.audit and not up.written_out:
+                    self._audit(saved[1], i, [saved[0]])
+            e = z - mu
+            square = _square(e)
+            if i < free:
+                grads[i] = e
+            if i > 0 and not (first and i < free):
+                _deduct(grads, i - 1, up.vjp(saved, e, keep=fixed))
 
-            # prediction error: its own gradient, and the message sent down
-            e = z - mu.detach()
-            squares.append(_square(e))
-            if i < self.free:
-                _accumulate(grads, i, e)
-            if leaf is not None or incremental:
-                outs.append(mu)
-                cots.append(-e)
-            if leaf is not None:
-                leaves.append(leaf)
-                receivers.append(i - 1)
-            if self.audit:
-                allowed = [leaf] if leaf is not None else []
-                self._audit(mu, i, allowed)
-
-            # top-down prediction of the input (generative blocks)
-            if callable(getattr(rule, "predict_input", None)):
-                free = i < self.free
-                z_leaf = z.detach().requires_grad_(free)
-                x_hat = rule.predict_input(z_leaf)
-                if x_hat is not None:
-                    d = below - x_hat.detach()
-                    squares[-1] = squares[-1] + _square(d)
-                    if i > 0:
-                        _accumulate(grads, i - 1, d)
-                    if free or incremental:
-                        outs.append(x_hat)
-                        cots.append(-d)
-                    if free:
-                        leaves.append(z_leaf)
-                        receivers.append(i)
-                    if self.audit:
-                        self._audit(x_hat, i, [z_leaf])
-
-        # one backward call for every block's vector-Jacobian products
-        params = [p for ps in self.params for p in ps] if incremental else []
-        if outs:
-            vjps = torch.autograd.grad(
-                outs, leaves + params, cots,
-                retain_graph=self.opts.fixed_prediction, allow_unused=True,
-            )
-            for j, g in zip(receivers, vjps[: len(leaves)], strict=True):
-                if g is not None:
-                    _accumulate(grads, j, g)
-            if incremental:
-                self._write_weight_grads(vjps[len(leaves):], 1.0 / self.x.shape[0])
-        energies = torch.stack(squares) * (0.5 / self.x.shape[0])
+            # top-down prediction error of the input (generative blocks)
+            if down is not None:
+                x_hat, saved = down.forward(z)
+                d = below - x_hat
+                square = square + _square(d)
+                if i > 0:
+                    _accumulate(grads, i - 1, d)
+                if self.audit and not down.written_out:
+                    self._audit(saved[1], i, [saved[0]])
+                if i < free:
+                    _deduct(grads, i, down.vjp(saved, d))
+            squares.append(square)
+        energies = torch.stack(squares).mul_(0.5 / self.x.shape[0])
         return energies, grads
 
     def _autograd_gradients(self, states):
@@ -330,33 +487,38 @@ class _Chain:
             if self.audit:
                 self._audit(energy, i, [below, z])
             energies.append(energy)
+        values = torch.stack([e.detach() for e in energies])
         params = [p for ps in self.params for p in ps] if self.opts.incremental else []
         if not leaves and not params:
-            return torch.stack([e.detach() for e in energies]), grads
+            return values, grads
         found = torch.autograd.grad(energies, leaves + params, allow_unused=True)
+
+        # Gaussian energies are batch means; each sample descends its own
+        scale = self.x.shape[0] if self.gaussian else 1
         for j, g in zip(receivers, found[: len(leaves)], strict=True):
             if g is not None:
-                _accumulate(grads, j, g)
-        if self.opts.incremental:
-            self._write_weight_grads(found[len(leaves):], 1.0)
-        return torch.stack([e.detach() for e in energies]), grads
-
-    def _write_weight_grads(self, grads, scale: float) -> None:
-        it = iter(grads)
-        for ps in self.params:
+                _accumulate(grads, j, g.mul_(scale) if scale != 1 else g)
+        rest = iter(found[len(leaves) :])
+        for ps in self.params if params else []:
             for p in ps:
-                g = next(it)
-                p.grad = None if g is None else g.mul_(scale)
+                p.grad = next(rest)
+        return values, grads
 
     # -- weight updates -------------------------------------------------------
 
+    def zero_weight_grads(self) -> None:
+        """Clear the weight gradients of every learning block (set to None)."""
+        for ps in self.params:
+            for p in ps:
+                p.grad = None
+
     def step_weights(self) -> None:
-        """Step every block's own optimizer on the gradients in ``.grad``."""
-        for block in self.blocks:
+        """Step every learning block's own optimizer on its ``.grad``."""
+        for block in self.learners:
             if block.optimizer is not None:
                 block.optimizer.step()
 
-    def final_energies(self, states) -> list[torch.Tensor]:
+    def energies_to_learn(self, states) -> list[torch.Tensor]:
         """Each block's energy at ``states``, with the graph of its weights."""
         energies = []
         for i, block in enumerate(self.blocks):
@@ -366,11 +528,14 @@ class _Chain:
             if not self.gaussian:
                 energies.append(rule.energy(block.body, below, z))
                 continue
-            cached = self.cache[i]
-            mu = cached[0] if cached is not None else rule.predict(block.body, below)
-            x_hat = None
-            if callable(getattr(rule, "predict_input", None)):
-                x_hat = rule.predict_input(z)
+            if i == 0:
+                mu = self.cache[0]
+            elif self.opts.fixed_prediction:
+                mu = self.up[i].module(self.cache[i][2])
+            else:
+                mu = self.up[i].module(below)
+            down = self.down[i]
+            x_hat = down.module(z) if down is not None else None
             energies.append(gaussian_energy(z, mu, below, x_hat))
         return energies
 
@@ -380,29 +545,26 @@ class _Chain:
         The energies are checked first; if the last inference step raised
         them and back-off is on, that step is undone.
         """
-        energies = self.final_energies(states)
+        energies = self.energies_to_learn(states)
         values = torch.stack([e.detach() for e in energies])
         if info["watch"] and trace:
             total = float(values.sum())
-            self.check(values, total, trace, info["steps"], info["lr"])
+            self.check(values, total, trace[0], info["steps"], info["lr"])
             prev = float(trace[-1].sum())
-            if total > prev + _RISE * abs(prev) and self.opts.inference_backoff < 1:
+            if total > prev + _RISE * abs(prev) and info["backoff"]:
                 info["backoffs"] += 1
-                energies = self.final_energies(info["prev_states"])
+                energies = self.energies_to_learn(info["prev_states"])
                 values = torch.stack([e.detach() for e in energies])
         else:
             self.check_trace([*trace, values], info["lr"])
         if self.audit:
             for i, energy in enumerate(energies):
-                leaf = self.cache[i][1] if self.cache[i] is not None else None
-                self._audit(energy, i, [leaf] if leaf is not None else [])
+                self._audit(energy, i, [])
 
         # weight update: each block's parameters from its own energy alone
-        for block in self.blocks:
-            if block.optimizer is not None:
-                block.optimizer.zero_grad(set_to_none=True)
+        self.zero_weight_grads()
         params = [p for ps in self.params for p in ps]
-        graphs = [e for e in energies if e.requires_grad]
+        graphs = [e for e in energies[: len(self.learners)] if e.requires_grad]
         if params and graphs:
             torch.autograd.backward(graphs, inputs=params)
         self.step_weights()
@@ -412,36 +574,45 @@ class _Chain:
 
     def _audit(self, tensor: torch.Tensor, i: int, allowed) -> None:
         block = self.blocks[i]
-        audit_graph(tensor, self.names[i], block.rule.name, block.parameters(),
-                    self.owners, allowed=allowed)
+        audit_graph(
+            tensor,
+            self.names[i],
+            block.rule.name,
+            block.parameters(),
+            self.owners,
+            allowed=allowed,
+        )
 
-    def check(self, values, total: float, trace, step: int, lr: float) -> None:
-        """Raise if the energies at inference step ``step`` diverged."""
+    def check(self, values, total: float, start, step: int, lr: float) -> None:
+        """Raise if the energies at inference step ``step`` diverged.
+
+        Args:
+            values: the energy of every block at that step.
+            total: their sum.
+            start: the energies at the start of inference, or None.
+            step: the inference step, for the message.
+            lr: the current step size, for the message.
+        """
         if not math.isfinite(total):
             i = int((~torch.isfinite(values)).nonzero()[0, 0])
             raise self._nonfinite(i, float(values[i]), step, lr)
-        if trace:
-            first = trace[0]
-            start = float(first.sum())
-            if start > 0 and total > self.opts.max_energy_ratio * start:
-                raise self._rise(values, first, total, start, step, lr)
+        if start is not None:
+            if self._begin is None:
+                self._begin = float(start.sum())
+            begin = self._begin
+            if begin > 0 and total > self.opts.max_energy_ratio * begin:
+                raise self._rise(values, start, total, begin, step, lr)
 
     def check_trace(self, trace, lr: float) -> None:
         """Check a whole trace at once (one synchronisation per batch)."""
         table = torch.stack(trace)
         totals = table.sum(1)
-        start = float(totals[0])
-        limit = self.opts.max_energy_ratio * start if start > 0 else math.inf
+        begin = float(totals[0])
+        limit = self.opts.max_energy_ratio * begin if begin > 0 else math.inf
         bad = ~torch.isfinite(totals) | (totals > limit)
-        if not bool(bad.any()):
-            return
-        step = int(bad.nonzero()[0, 0])
-        values = table[step]
-        total = float(totals[step])
-        if not math.isfinite(total):
-            i = int((~torch.isfinite(values)).nonzero()[0, 0])
-            raise self._nonfinite(i, float(values[i]), step, lr)
-        raise self._rise(values, table[0], total, start, step, lr)
+        if bool(bad.any()):
+            step = int(bad.nonzero()[0, 0])
+            self.check(table[step], float(totals[step]), table[0], step, lr)
 
     def _where(self, step: int) -> str:
         pos = self.pos
@@ -479,45 +650,53 @@ def _relax(chain: _Chain, states):
     """
     opts = chain.opts
     lr = opts.inference_lr
-    backoff = opts.inference_backoff < 1
+    # with fixed predictions the states descend no energy: nothing to back off
+    backoff = opts.inference_backoff < 1 and not opts.fixed_prediction
     watch = backoff or opts.inference_tolerance > 0
     velocity: list[torch.Tensor | None] = [None] * chain.free
     trace: list[torch.Tensor] = []
     prev = None
-    info = {"steps": 0, "backoffs": 0, "watch": watch}
+    info: dict[str, Any] = {
+        "steps": 0,
+        "backoffs": 0,
+        "watch": watch,
+        "backoff": backoff,
+    }
     budget = opts.inference_steps if chain.free or opts.incremental else 0
     for t in range(budget):
         if opts.incremental:
-            for block in chain.blocks:
-                if block.optimizer is not None:
-                    block.optimizer.zero_grad(set_to_none=True)
-        energies, grads = chain.gradients(states)
+            chain.zero_weight_grads()
+        energies, grads = chain.gradients(states, first=t == 0)
         total = float(energies.sum()) if watch else 0.0
         rose = False
         if watch:
-            chain.check(energies, total, trace, t, lr)
+            chain.check(energies, total, trace[0] if trace else None, t, lr)
             rose = prev is not None and total > prev[2] + _RISE * abs(prev[2])
+        undo = rose and backoff and not opts.incremental
         if rose and backoff:
-            # back off: smaller steps, momentum reset, the step undone unless
-            # the weights have moved with it (incremental)
+            # back off: smaller steps and momentum reset; the step is undone
+            # unless the weights moved with it (incremental)
             lr *= opts.inference_backoff
             velocity = [None] * chain.free
             info["backoffs"] += 1
-            if not opts.incremental:
+            if undo:
                 states, grads, total = prev
-        if not (rose and backoff and not opts.incremental):
+        if not undo:
             trace.append(energies)
         tol = opts.inference_tolerance
-        if tol > 0 and prev is not None and not rose and prev[2] - total <= tol * abs(
-            prev[2]
+        if (
+            tol > 0
+            and prev is not None
+            and not rose
+            and (prev[2] - total <= tol * abs(prev[2]))
         ):
             if not opts.incremental:
-                trace.pop()  # the update re-evaluates this state
+                trace.pop()  # the weight update evaluates this state again
             break
         if opts.incremental:
             chain.step_weights()
         prev = (states, grads, total)
-        states = _descend(states, grads, velocity, lr, opts.inference_momentum, chain.free)
+        states = _descend(states, grads, velocity, lr, opts.inference_momentum)
         info["steps"] += 1
 
     info["lr"] = lr
@@ -527,11 +706,10 @@ def _relax(chain: _Chain, states):
     return states, trace, info
 
 
-def _descend(states, grads, velocity, lr: float, momentum: float, free: int) -> list:
+def _descend(states, grads, velocity, lr: float, momentum: float) -> list:
     """One inference step: heavy-ball gradient descent on the free states."""
     new = list(states)
-    for j in range(free):
-        g = grads[j]
+    for j, g in enumerate(grads):
         if g is None:
             continue
         if momentum:
@@ -543,19 +721,20 @@ def _descend(states, grads, velocity, lr: float, momentum: float, free: int) -> 
 
 
 def _square(e: torch.Tensor) -> torch.Tensor:
-    flat = e.flatten()
+    flat = e.reshape(-1)
     return torch.dot(flat, flat)
 
 
 def _accumulate(grads: list, j: int, g: torch.Tensor) -> None:
+    """``grads[j] += g``, for a free state ``j``."""
     if j < len(grads):
         grads[j] = g if grads[j] is None else grads[j] + g
 
 
-def _own_init(rule) -> bool:
-    from localearn.rule import EnergyRule
-
-    return type(rule).init_state is not EnergyRule.init_state
+def _deduct(grads: list, j: int, g: torch.Tensor) -> None:
+    """``grads[j] -= g``, for a free state ``j``."""
+    if j < len(grads):
+        grads[j] = -g if grads[j] is None else grads[j] - g
 
 
 def _group_options(names: list[str], rules) -> InferenceOptions:

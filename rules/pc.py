@@ -184,10 +184,43 @@ class PCConfig:
 
 
 class PredictiveCoding(EnergyRule):
-    """Predictive coding: relax latent states, then learn from local errors."""
+    """Predictive coding: relax latent states, then learn from local errors.
+
+    Each block's body predicts its latent state from the state below; the
+    states relax by inference (:mod:`localearn.inference`), then every block
+    learns from its own prediction error. See the module docstring for the
+    equations, the two modes and the papers.
+
+    Args:
+        config: the hyperparameters, a :class:`PCConfig`.
+    """
 
     Config = PCConfig
     needs_labels = True
+    example = {
+        "in_shape": (1, 8, 8),
+        "network": {
+            "layers": [
+                {"type": "linear", "out": 16},
+                {"type": "gelu"},
+                {"type": "linear", "out": 12},
+                {"type": "gelu"},
+                {"type": "linear", "out": 10},
+            ],
+            "split": [2, 4],
+        },
+        "rule": {"inference_steps": 4},
+    }
+    invalid = [
+        {"mode": "unsupervised"},
+        {"inference_steps": 0},
+        {"inference_lr": -0.1},
+        {"inference_momentum": 1.0},
+        {"inference_backoff": 1.5},
+        {"max_energy_ratio": 0.5},
+        {"decoder_activation": "softmax"},
+        {"fixed_prediction": True, "incremental": True},
+    ]
 
     def __init__(self, config: PCConfig) -> None:
         super().__init__(config)
@@ -201,27 +234,52 @@ class PredictiveCoding(EnergyRule):
     def validate(self) -> None:
         c = self.config
         require(c.mode in MODES, "pc", f"mode must be one of {MODES}, got {c.mode!r}")
-        require(c.inference_steps >= 1, "pc",
-                f"inference_steps must be >= 1, got {c.inference_steps}")
-        require(c.inference_lr > 0, "pc",
-                f"inference_lr must be > 0, got {c.inference_lr}")
-        require(0 <= c.inference_momentum < 1, "pc",
-                f"inference_momentum must be in [0, 1), got {c.inference_momentum}")
-        require(c.inference_tolerance >= 0, "pc",
-                f"inference_tolerance must be >= 0, got {c.inference_tolerance}")
-        require(0 < c.inference_backoff <= 1, "pc",
-                f"inference_backoff must be in (0, 1], got {c.inference_backoff}")
-        require(c.max_energy_ratio > 1, "pc",
-                f"max_energy_ratio must be > 1, got {c.max_energy_ratio}")
-        require(c.decoder_activation in ACTIVATIONS, "pc",
-                f"decoder_activation must be one of {tuple(ACTIVATIONS)}, got "
-                f"{c.decoder_activation!r}")
-        require(not (c.fixed_prediction and c.incremental), "pc",
-                "fixed_prediction holds the predictions of the weights before "
-                "inference, which incremental changes at every step; set one of them")
-        require(not (c.fixed_prediction and c.mode == "generative"), "pc",
-                "fixed_prediction is the supervised limit in which predictive coding "
-                "equals backprop; it is not defined for mode 'generative'")
+        require(
+            c.inference_steps >= 1,
+            "pc",
+            f"inference_steps must be >= 1, got {c.inference_steps}",
+        )
+        require(
+            c.inference_lr > 0, "pc", f"inference_lr must be > 0, got {c.inference_lr}"
+        )
+        require(
+            0 <= c.inference_momentum < 1,
+            "pc",
+            f"inference_momentum must be in [0, 1), got {c.inference_momentum}",
+        )
+        require(
+            c.inference_tolerance >= 0,
+            "pc",
+            f"inference_tolerance must be >= 0, got {c.inference_tolerance}",
+        )
+        require(
+            0 < c.inference_backoff <= 1,
+            "pc",
+            f"inference_backoff must be in (0, 1], got {c.inference_backoff}",
+        )
+        require(
+            c.max_energy_ratio > 1,
+            "pc",
+            f"max_energy_ratio must be > 1, got {c.max_energy_ratio}",
+        )
+        require(
+            c.decoder_activation in ACTIVATIONS,
+            "pc",
+            f"decoder_activation must be one of {tuple(ACTIVATIONS)}, got "
+            f"{c.decoder_activation!r}",
+        )
+        require(
+            not (c.fixed_prediction and c.incremental),
+            "pc",
+            "fixed_prediction holds the predictions of the weights before "
+            "inference, which incremental changes at every step; set one of them",
+        )
+        require(
+            not (c.fixed_prediction and c.mode == "generative"),
+            "pc",
+            "fixed_prediction is the supervised limit in which predictive coding "
+            "equals backprop; it is not defined for mode 'generative'",
+        )
 
     def setup(self, context: BlockContext, body: nn.Module) -> None:
         super().setup(context, body)
@@ -232,17 +290,18 @@ class PredictiveCoding(EnergyRule):
 
     # -- the energy -----------------------------------------------------------
 
-    def predict(self, body: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Bottom-up prediction ``mu = f(x)`` of the block's state: its body."""
-        return body(x)
+    def predictor(self, body: nn.Module) -> nn.Module:
+        """The bottom-up prediction ``mu = f(x)`` of the block's state: its body."""
+        return body
 
-    def predict_input(self, z: torch.Tensor) -> torch.Tensor | None:
-        """Top-down prediction ``g(z)`` of the block's input (generative mode)."""
-        return self.decoder(z) if self.decoder is not None else None
+    def input_predictor(self) -> nn.Module | None:
+        """The top-down prediction ``g(z)`` of the block's input (generative)."""
+        return self.decoder
 
     def energy(self, body: nn.Module, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Half the squared prediction errors, summed over units, batch mean."""
-        return gaussian_energy(z, self.predict(body, x), x, self.predict_input(z))
+        x_hat = self.decoder(z) if self.decoder is not None else None
+        return gaussian_energy(z, body(x), x, x_hat)
 
     def clamp(
         self, z: torch.Tensor, labels: torch.Tensor | None
@@ -255,8 +314,9 @@ class PredictiveCoding(EnergyRule):
             raise NotImplementedError(
                 f"rule 'pc' (supervised) of block '{ctx.name}': this block is the top "
                 "of its inference chain but not the network's last block, so no label "
-                "reaches it and its energy stays zero; train every predictive-coding "
-                "block together up to the last one (scheduler mode 'simultaneous')"
+                "reaches it; every block above it, up to the last, must be an energy "
+                "block reading only the one below, so that inference can carry the "
+                "label's error down"
             )
         return one_hot_target(labels, self._check_top(z, labels))
 
