@@ -88,6 +88,9 @@ class Block(nn.Module):
         if not params:
             self.optimizer = None
             return
+        if name in ("adam", "adamw", "sgd"):
+            # one multi-tensor step per block instead of a loop over parameters
+            spec.setdefault("foreach", True)
         try:
             self.optimizer = OPTIMIZERS[name](params, **spec)
         except TypeError as err:

@@ -97,6 +97,39 @@ def _accuracy_plot(results: dict, path: Path) -> bool:
     return True
 
 
+def _diagnostics_plot(metrics: list[dict], path: Path) -> bool:
+    """Each rule's per-epoch diagnostics (energy, norms, win rates) by block."""
+    series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for rec in metrics:
+        if rec.get("event") != "epoch" or rec.get("model") != "trained":
+            continue
+        for block, diag in (rec.get("diagnostics") or {}).items():
+            for key, value in diag.items():
+                if isinstance(value, int | float):
+                    series[key][block].append((len(series[key][block]) + 1, value))
+    if not series:
+        return False
+    keys = sorted(series)[:12]
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for block, pts in series[key].items():
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker=".", label=block)
+        ax.set_title(key, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _traces_plot(net, path: Path) -> bool:
     traces = {
         f"{name} {key}": vals
@@ -310,6 +343,8 @@ def write_report(
         parts.append("![loss curves](loss.png)")
     if _accuracy_plot(results, run_dir / "accuracy.png"):
         parts.append("![probe accuracy per block](accuracy.png)")
+    if _diagnostics_plot(metrics, run_dir / "diagnostics.png"):
+        parts.append("![rule diagnostics over training](diagnostics.png)")
     trained = models.get("trained")
     if trained is not None:
         if _traces_plot(trained, run_dir / "traces.png"):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from localearn.rules.infonce import info_nce, sample_negatives
 
 from localearn.errors import ConfigError, ShapeError
 from localearn.network import Network
 from localearn.rule import BlockContext, make_rule
+from localearn.rules.infonce import info_nce, sample_negatives
 
 
 def _rule(grid_len, channels=4, **options):
