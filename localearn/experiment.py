@@ -337,8 +337,10 @@ class Experiment:
                 outputs = net(batch)
                 for name, f in net.features(outputs, pool).items():
                     chunks[name].append(f.cpu())
-                last.append(outputs[net.order[-1]].flatten(1).cpu())
-        return {n: torch.cat(v) for n, v in chunks.items()}, torch.cat(last)
+                top = net.blocks[net.order[-1]].rule
+                y = outputs[net.order[-1]]
+                last.append((top.logits(y) if hasattr(top, "logits") else y).cpu())
+        return {n: torch.cat(v) for n, v in chunks.items()}, torch.cat(last).flatten(1)
 
     def evaluate(self, models: dict[str, Network], data: Dataset) -> dict[str, Any]:
         """Probe every block of every model at every label budget."""
@@ -414,10 +416,11 @@ class Experiment:
 
     @staticmethod
     def _has_readout(net: Network, data: Dataset) -> bool:
-        last = net.blocks[net.order[-1]]
-        return last.rule.needs_labels_now() and net.shapes[net.order[-1]] == (
-            data.n_classes,
-        )
+        """Whether the last block classifies: its own head, or one unit a class."""
+        rule = net.blocks[net.order[-1]].rule
+        if not rule.needs_labels_now():
+            return False
+        return hasattr(rule, "logits") or net.shapes[net.order[-1]] == (data.n_classes,)
 
     def _final_losses(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
