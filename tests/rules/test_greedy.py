@@ -31,13 +31,14 @@ def test_greedy_and_end_to_end_supervised_learn_digits(tmp_path, mode):
         None,
         [
             "data.name=digits",
-            "network.layers=[{type: conv, out: 16}, {type: relu}, {type: conv, out: 16},"
-            " {type: relu}]",
+            "network.layers=[{type: conv, out: 16}, {type: relu},"
+            " {type: conv, out: 16}, {type: relu}]",
+            "network.optimizer.lr=0.005",
             "network.split=[2]",
             "network.rule.name=greedy_supervised",
             f"scheduler.mode={mode}",
-            "scheduler.epochs=5",
-            "scheduler.batch_size=64",
+            "scheduler.epochs=8",
+            "scheduler.batch_size=32",
             "evaluate.budgets=[all]",
             "evaluate.random_twin=false",
         ],
