@@ -36,7 +36,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(
-            f"CKA needs the same samples in both: got {x.shape[0]} and {y.shape[0]} rows"
+            "CKA needs the same samples in both: got "
+            f"{x.shape[0]} and {y.shape[0]} rows"
         )
     x = x.double().flatten(1)
     y = y.double().flatten(1)
