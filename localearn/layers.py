@@ -86,6 +86,25 @@ class Power(nn.Module):
         return torch.relu(x).pow(self.n)
 
 
+class Softmax(nn.Module):
+    """Soft winner-take-all over channels: ``softmax(x / temperature)`` on axis 1.
+
+    The output nonlinearity of SoftHebb layers (Moraitis et al., Neuromorphic
+    Computing and Engineering 2022; Journé et al., ICLR 2023).
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(
+                f"layer 'softmax' needs temperature > 0, got {temperature}"
+            )
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x / self.temperature, dim=1)
+
+
 def _dims(in_shape: tuple[int, ...], layer: str) -> int:
     dims = len(in_shape) - 1
     if dims not in (1, 2):
@@ -169,6 +188,7 @@ LAYERS: dict[str, Callable[[dict, tuple[int, ...]], nn.Module]] = {
     "tanh": lambda spec, shape: nn.Tanh(),
     "sigmoid": lambda spec, shape: nn.Sigmoid(),
     "power": lambda spec, shape: Power(spec.pop("n", 1.0)),
+    "softmax": lambda spec, shape: Softmax(spec.pop("temperature", 1.0)),
 }
 WEIGHT_LAYERS = ("conv", "linear", "residual")
 

@@ -153,8 +153,9 @@ def _conv_site(path: str, param: str, layer: nn.Module, rule: str, block: str):
     pad = tuple(v for side in reversed(sides) for v in side)
     mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
     kind = f"conv{dims}d"
-    return WeightSite(path, param, kind, layer.out_channels, kernel, stride, dilation,
-                      pad, mode)
+    return WeightSite(
+        path, param, kind, layer.out_channels, kernel, stride, dilation, pad, mode
+    )
 
 
 class _Captured(Exception):
@@ -222,9 +223,10 @@ def to_samples(pre: torch.Tensor, site: WeightSite) -> tuple[torch.Tensor, tuple
         return pre.reshape(-1, pre.shape[-1]), tuple(pre.shape[:-1])
     dims = len(site.kernel)
     if pre.dim() != dims + 2:
+        axes = "H, W" if dims == 2 else "L"
         raise ShapeError(
-            f"a {site.kind} layer needs inputs of shape (B, C, {'H, W' if dims == 2 else 'L'})"
-            f", got {tuple(pre.shape)}"
+            f"a {site.kind} layer needs inputs of shape (B, C, {axes}), got "
+            f"{tuple(pre.shape)}"
         )
     padded = F.pad(pre, site.pad, mode=site.pad_mode) if any(site.pad) else pre
     kernel, stride, dilation = site.kernel, site.stride, site.dilation
@@ -247,8 +249,10 @@ def to_layer_output(u: torch.Tensor, site: WeightSite, geometry: tuple) -> torch
     if site.kind == "linear":
         return u.reshape(*geometry, site.units)
     b, spatial = geometry[0], geometry[1:]
-    return u.reshape(b, math.prod(spatial), site.units).transpose(1, 2).reshape(
-        b, site.units, *spatial
+    return (
+        u.reshape(b, math.prod(spatial), site.units)
+        .transpose(1, 2)
+        .reshape(b, site.units, *spatial)
     )
 
 
@@ -306,7 +310,8 @@ class WeightLayerRule(PlasticityRule):
     * ``win_counts``: how often each unit was the most active on a sample;
     * ``active_counts``: how often each unit's activity was positive;
     * ``samples_seen``: samples (patches, for a convolution) learned from;
-    * ``weight_norms``: each unit's ``norm_p`` weight norm at the last update.
+    * ``weight_norms``: each unit's ``norm_p`` weight norm when the
+      diagnostics were last read.
     """
 
     norm_p: float = 2.0
@@ -316,6 +321,9 @@ class WeightLayerRule(PlasticityRule):
         super().__init__(config)
         self.site: WeightSite | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the learned weight, held in a list so it is not registered as the
+        # rule's own parameter; read by diagnostics()
+        self._weight: list[torch.Tensor] = []
 
     @property
     def label(self) -> str:
@@ -328,11 +336,14 @@ class WeightLayerRule(PlasticityRule):
         site.in_shape = layer_input_shape(body, site, context.in_shape)
         self.site = site
         units = site.units
-        weight = body.get_parameter(site.param).detach()
+        weight = body.get_parameter(site.param)
+        self._weight = [weight]
         self.register_buffer("win_counts", torch.zeros(units, dtype=torch.long))
         self.register_buffer("active_counts", torch.zeros(units, dtype=torch.long))
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("weight_norms", unit_norms(weight.flatten(1), self.norm_p))
+        self.register_buffer(
+            "weight_norms", unit_norms(weight.detach().flatten(1), self.norm_p)
+        )
 
     def _site(self) -> WeightSite:
         if self.site is None:
@@ -404,16 +415,15 @@ class WeightLayerRule(PlasticityRule):
         weight = body.get_parameter(site.param)
         w = weight.detach().flatten(1)
         delta, post = self.learn(samples, u, w)
-        self._count(post, w)
+        self._count(post)
         return {site.param: delta.reshape(weight.shape)}
 
-    def _count(self, post: torch.Tensor, w: torch.Tensor) -> None:
-        # winners and activity of the batch, and the norms the step started from
+    def _count(self, post: torch.Tensor) -> None:
+        # winners and activity of the batch
         winners = post.argmax(dim=1)
         self.win_counts += torch.bincount(winners, minlength=post.shape[1])
         self.active_counts += (post > 0).sum(0)
         self.samples_seen += post.shape[0]
-        self.weight_norms.copy_(unit_norms(w, self.norm_p))
 
     # -- what the report shows -------------------------------------------------
 
@@ -421,7 +431,8 @@ class WeightLayerRule(PlasticityRule):
         """Weight norms, how often units win, and dead units, as floats.
 
         Keys: ``weight_norm_mean``, ``weight_norm_min``, ``weight_norm_max``
-        (each unit's ``norm_p`` norm at the last update); ``units_ever_won``
+        (each unit's ``norm_p`` norm, also kept in the buffer
+        ``weight_norms``); ``units_ever_won``
         (fraction of units that were ever the most active on a sample);
         ``win_share_max`` (largest fraction of samples won by one unit);
         ``units_never_active`` (fraction never positive); ``dead_units``
@@ -429,6 +440,10 @@ class WeightLayerRule(PlasticityRule):
         """
         if self.site is None:
             return {}
+        if self._weight:
+            with torch.no_grad():
+                w = self._weight[0].detach().flatten(1)
+                self.weight_norms.copy_(unit_norms(w, self.norm_p))
         norms = self.weight_norms
         won = self.win_counts > 0
         active = self.active_counts > 0

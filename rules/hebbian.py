@@ -205,18 +205,31 @@ class HebbConfig:
 
 
 class Hebb(WeightLayerRule):
-    """Plain Hebbian learning with weight normalisation or decay."""
+    """Plain Hebbian learning with weight normalisation or decay.
+
+    Example:
+        >>> from localearn.rule import make_rule
+        >>> make_rule("hebb", {"constraint": "decay", "decay": 0.05}).config.decay
+        0.05
+    """
 
     Config = HebbConfig
     default_name = "hebb"
+    invalid = [{"activation": "tanh"}, {"constraint": "clip"}, {"decay": -0.1}]
 
     def validate(self) -> None:
         c = self.config
-        require(c.activation in ACTIVATIONS, self.label,
-                f"activation must be one of {', '.join(ACTIVATIONS)}, got {c.activation!r}")
-        require(c.constraint in HEBB_CONSTRAINTS, self.label,
-                f"constraint must be one of {', '.join(HEBB_CONSTRAINTS)}, got "
-                f"{c.constraint!r}")
+        require(
+            c.activation in ACTIVATIONS,
+            self.label,
+            f"activation must be one of {', '.join(ACTIVATIONS)}, got {c.activation!r}",
+        )
+        require(
+            c.constraint in HEBB_CONSTRAINTS,
+            self.label,
+            f"constraint must be one of {', '.join(HEBB_CONSTRAINTS)}, got "
+            f"{c.constraint!r}",
+        )
         require(c.decay >= 0, self.label, f"decay must be >= 0, got {c.decay}")
 
     def learn(self, x, u, w):
@@ -240,15 +253,28 @@ class OjaConfig:
 
 
 class Oja(WeightLayerRule):
-    """Oja's rule: principal components by normalised Hebbian learning."""
+    """Oja's rule: principal components by normalised Hebbian learning.
+
+    Example:
+        >>> from localearn.network import Network
+        >>> net = Network.from_config(
+        ...     {"layers": [{"type": "linear", "out": 3, "bias": False}],
+        ...      "rule": {"name": "oja", "form": "gha"}}, in_shape=(8,), n_classes=2)
+        >>> net.blocks["block1"].rule.site.param
+        '0.weight'
+    """
 
     Config = OjaConfig
     default_name = "oja"
+    invalid = [{"form": "pca"}]
 
     def validate(self) -> None:
         form = self.config.form
-        require(form in OJA_FORMS, self.label,
-                f"form must be one of {', '.join(OJA_FORMS)}, got {form!r}")
+        require(
+            form in OJA_FORMS,
+            self.label,
+            f"form must be one of {', '.join(OJA_FORMS)}, got {form!r}",
+        )
 
     def learn(self, x, u, w):
         return oja_delta(x, u, w, self.config.form), u
@@ -278,17 +304,37 @@ class BCM(WeightLayerRule):
     with the block's checkpoint. It starts at the first batch's ``<c^2>`` and
     then follows :func:`bcm_threshold`; each step first moves the threshold,
     then computes the change with the new threshold.
+
+    Example:
+        >>> from localearn.network import Network
+        >>> net = Network.from_config(
+        ...     {"layers": [{"type": "conv", "out": 6, "bias": False}],
+        ...      "rule": {"name": "bcm"}}, in_shape=(1, 8, 8), n_classes=2)
+        >>> net.blocks["block1"].rule.threshold.shape
+        torch.Size([6])
     """
 
     Config = BCMConfig
     default_name = "bcm"
+    invalid = [
+        {"threshold_rate": 0.0},
+        {"threshold_rate": 1.5},
+        {"decay": -1.0},
+        {"activation": "step"},
+    ]
 
     def validate(self) -> None:
         c = self.config
-        require(c.activation in ACTIVATIONS, self.label,
-                f"activation must be one of {', '.join(ACTIVATIONS)}, got {c.activation!r}")
-        require(0 < c.threshold_rate <= 1, self.label,
-                f"threshold_rate must be in (0, 1], got {c.threshold_rate}")
+        require(
+            c.activation in ACTIVATIONS,
+            self.label,
+            f"activation must be one of {', '.join(ACTIVATIONS)}, got {c.activation!r}",
+        )
+        require(
+            0 < c.threshold_rate <= 1,
+            self.label,
+            f"threshold_rate must be in (0, 1], got {c.threshold_rate}",
+        )
         require(c.decay >= 0, self.label, f"decay must be >= 0, got {c.decay}")
 
     def setup(self, context: BlockContext, body) -> None:

@@ -23,12 +23,17 @@ learning rate is ``eta``; the paper uses 0.08, 0.005 and 0.01 for its three
 convolutional layers). A convolutional block learns its filters with every
 patch position a sample, the softmax taken over channels at each position.
 
+With ``init_radius > 0`` each unit starts on the sphere of that radius (the
+authors' released CNN settings use 25), so the adaptive rate starts large.
 The rule learns from the currents ``u``; what the block outputs is its
-body's forward pass. The ICLR paper's layer is a non-affine batchnorm, the
-convolution, a rectified power (their "triangle" subtracts the channel mean
-first) and pooling: ``[{type: batchnorm, affine: false}, {type: conv, out:
-96, kernel: 5, bias: false}, {type: relu}, {type: power, n: 0.7},
-{type: maxpool, kernel: 4, stride: 2, padding: 1}]``.
+body's own forward pass, so the body lists the layers the paper stacks: a
+non-affine batchnorm, the convolution, an activation and pooling, e.g.
+``[{type: batchnorm, affine: false}, {type: conv, out: 96, kernel: 5, bias:
+false}, {type: relu}, {type: power, n: 0.7}, {type: maxpool, kernel: 4,
+stride: 2, padding: 1}]``. The ICLR paper's activation subtracts the channel
+mean before the power ("triangle"); on the MNIST subset the soft
+winner-take-all itself (a softmax over channels at the rule's temperature)
+gives the best probe features (``experiments/softhebb_conv_mnist.yaml``).
 
 Example:
     >>> import torch
@@ -42,9 +47,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from localearn.rule import require
-from localearn.rules._plasticity import WeightLayerRule, unit_norms
+from localearn.rule import BlockContext, require
+from localearn.rules._plasticity import WeightLayerRule, find_weight_layer, unit_norms
 
 
 def soft_wta(u: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -129,25 +135,65 @@ class SoftHebbConfig:
             anti-Hebbian plasticity); false gives the original SoftHebb.
         rate_power: exponent of the norm-adaptive rate, ``>= 0`` (paper: 0.5;
             0 turns the adaptive rate off).
+        init_radius: at setup each unit's weights are redrawn from a normal
+            distribution and scaled to this norm, so the adaptive rate starts
+            at ``(init_radius - 1)^rate_power``; 0 keeps the layer's own
+            initialisation.
     """
 
     temperature: float = 1.0
     anti_hebbian: bool = True
     rate_power: float = 0.5
+    init_radius: float = 0.0
 
 
 class SoftHebb(WeightLayerRule):
-    """SoftHebb: soft winner-take-all Hebbian plasticity, anti-Hebbian losers."""
+    """SoftHebb: soft winner-take-all Hebbian plasticity, anti-Hebbian losers.
+
+    Example:
+        >>> import torch
+        >>> from localearn.network import Network
+        >>> net = Network.from_config(
+        ...     {"layers": [{"type": "conv", "out": 8, "kernel": 5, "bias": False}],
+        ...      "rule": {"name": "softhebb", "init_radius": 25.0}},
+        ...     in_shape=(1, 28, 28), n_classes=10)
+        >>> round(net.blocks["block1"].rule.diagnostics()["weight_norm_mean"], 3)
+        25.0
+    """
 
     Config = SoftHebbConfig
     default_name = "softhebb"
+    invalid = [{"temperature": 0.0}, {"rate_power": -0.5}, {"init_radius": -1.0}]
 
     def validate(self) -> None:
         c = self.config
-        require(c.temperature > 0, self.label,
-                f"temperature must be > 0, got {c.temperature}")
-        require(c.rate_power >= 0, self.label,
-                f"rate_power must be >= 0, got {c.rate_power}")
+        require(
+            c.temperature > 0,
+            self.label,
+            f"temperature must be > 0, got {c.temperature}",
+        )
+        require(
+            c.rate_power >= 0,
+            self.label,
+            f"rate_power must be >= 0, got {c.rate_power}",
+        )
+        require(
+            c.init_radius >= 0,
+            self.label,
+            f"init_radius must be >= 0, got {c.init_radius}",
+        )
+
+    def setup(self, context: BlockContext, body: nn.Module) -> None:
+        radius = self.config.init_radius
+        if radius > 0:
+            # each unit's weights on the sphere of the chosen radius
+            name = find_weight_layer(body, self.label, context.name).param
+            weight = body.get_parameter(name)
+            with torch.no_grad():
+                drawn = torch.randn_like(weight).flatten(1)
+                drawn *= radius / unit_norms(drawn).unsqueeze(1)
+                weight.copy_(drawn.reshape(weight.shape))
+        super().setup(context, body)
 
     def learn(self, x, u, w):
         c = self.config

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from localearn.rules.pc import PredictiveCoding, make_decoder
 
 from localearn.errors import ConfigError, ShapeError
 from localearn.network import Network
 from localearn.rule import get_rule_class, make_rule, rule_names
+from localearn.rules.pc import PredictiveCoding, make_decoder
 from localearn.schedulers import Position, SchedulerConfig, Trainer
 
 MLP = [
