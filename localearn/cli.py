@@ -95,12 +95,20 @@ def _datasets(args: argparse.Namespace) -> int:
 
 def _summarize(args: argparse.Namespace) -> int:
     acc = defaultdict(list)
+    names = set()
     for d in args.dirs:
         path = Path(d) / "results.json"
         if not path.exists():
             raise LocalearnError(f"'{path}' not found; is '{d}' a finished run?")
-        for row in json.loads(path.read_text())["probe"]:
+        results = json.loads(path.read_text())
+        names.add(results["name"])
+        for row in results["probe"]:
             acc[row["block"], row["budget"], row["model"]].append(row["accuracy"])
+    if len(names) > 1:
+        raise LocalearnError(
+            f"the runs come from different experiments ({', '.join(sorted(names))}); "
+            "summarize the seeds of one experiment at a time"
+        )
     print("| block | labels per class | model | mean | std | runs |")
     print("| --- | --- | --- | --- | --- | --- |")
     for (block, budget, model), vals in acc.items():
@@ -145,7 +153,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``localearn`` command."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        # key=value overrides may follow options such as -q
+        if hasattr(args, "overrides") and all(
+            "=" in e and not e.startswith("-") for e in extra
+        ):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -49,8 +49,28 @@ DEFAULTS: dict[str, Any] = {
 FREE_SECTIONS = ("network", "data.options", "compare")
 
 
+_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _check_type(value: Any, default: Any, path: str) -> None:
+    expected = _TYPES.get(type(default))
+    if expected is None or value is None:
+        return
+    ok = isinstance(value, expected) and not (
+        isinstance(value, bool) and type(default) is not bool
+    )
+    if not ok:
+        raise ConfigError(
+            f"config key '{path}' must be a {type(default).__name__} (like the "
+            f"default {default!r}), got {value!r}"
+        )
+
+
 def _check_keys(cfg: Any, defaults: Any, path: str) -> None:
-    if not isinstance(defaults, Mapping) or path in FREE_SECTIONS:
+    if path in FREE_SECTIONS:
+        return
+    if not isinstance(defaults, Mapping):
+        _check_type(cfg, defaults, path)
         return
     if not isinstance(cfg, Mapping | DictConfig):
         raise ConfigError(f"config key '{path}' must be a mapping, got {cfg!r}")
@@ -105,7 +125,13 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictC
         raise ConfigError(f"bad override: {err}") from None
     for layer in layers[1:]:
         _check_keys(layer, DEFAULTS, "")
-    cfg = OmegaConf.merge(*layers)
+    try:
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        raise ConfigError(
+            f"config key '{key}' has the wrong type: {str(err).splitlines()[0]}"
+        ) from None
     if not cfg.network:
         raise ConfigError(
             "the config has no network; give network.layers and network.rule (see "

@@ -141,12 +141,46 @@ class Experiment:
 
     # -- entry points ---------------------------------------------------------
 
+    @staticmethod
+    def preflight(cfg: DictConfig) -> None:
+        """Check everything that can be checked before any work is done.
+
+        Data set, network, rules, scheduler and evaluation settings are
+        validated here, so a bad config fails before its run directory exists.
+        """
+        from localearn.schedulers import check_scheduler
+
+        data = load_dataset(
+            cfg.data.name,
+            root=cfg.data.root,
+            seed=int(cfg.seed),
+            **to_plain(cfg.data.options),
+        )
+        build_network(cfg, data)
+        check_scheduler(scheduler_config(cfg))
+        resolve_device(str(cfg.device))
+        if int(cfg.evaluate.pool) < 1:
+            raise ConfigError(
+                f"evaluate.pool must be >= 1 (grid cells per axis the probe features "
+                f"are pooled to), got {cfg.evaluate.pool}"
+            )
+        for b in cfg.evaluate.budgets:
+            if b == "all":
+                continue
+            if not isinstance(b, int) or b < 1:
+                raise ConfigError(
+                    f"evaluate.budgets entries must be a positive number of labels "
+                    f"per class or 'all', got {b!r}"
+                )
+            balanced_subset(data.y_train, b, int(cfg.seed))
+
     @classmethod
     def create(
         cls, cfg: DictConfig, run_dir: Path, progress: bool = False
     ) -> Experiment:
         """Start a new run; refuses a directory that already holds one."""
         run_dir = Path(run_dir)
+        cls.preflight(cfg)
         if (run_dir / "config.yaml").exists():
             raise ConfigError(
                 f"run directory '{run_dir}' already holds a run; resume it with "
@@ -238,7 +272,13 @@ class Experiment:
         sched: SchedulerConfig,
     ) -> None:
         ckpt_path = self.dir / ckpt_name
+        start_mark = self.dir / f"{ckpt_name}.start"
         pos = Position()
+        if not ckpt_path.exists() and start_mark.exists():
+            # interrupted before the first epoch finished: start this model over
+            self.metrics.truncate(int(start_mark.read_text()))
+        if not ckpt_path.exists():
+            atomic_write_text(str(self.metrics.size()), start_mark)
         if ckpt_path.exists():
             pos = self._restore(net, ckpt_path)
             if pos.done:
@@ -269,12 +309,20 @@ class Experiment:
         try:
             pos = trainer.run(pos)
         except KeyboardInterrupt:
-            log.warning(
-                "interrupted; the last finished epoch is saved in %s; continue with "
-                "`localearn run --resume %s`",
-                ckpt_path,
-                self.dir,
-            )
+            if ckpt_path.exists():
+                log.warning(
+                    "interrupted; the last finished epoch is saved in %s; continue "
+                    "with `localearn run --resume %s`",
+                    ckpt_path,
+                    self.dir,
+                )
+            else:
+                log.warning(
+                    "interrupted before the first epoch of %s finished; `localearn "
+                    "run --resume %s` starts that model over",
+                    model,
+                    self.dir,
+                )
             raise
         self._checkpoint(net, pos, ckpt_path)
 

@@ -212,7 +212,7 @@ class Trainer:
         bar = tqdm(
             batches,
             desc=f"{'+'.join(train)} {label}",
-            disable=not self.progress,
+            disable=None if self.progress else True,
             leave=False,
         )
         for idx in bar:

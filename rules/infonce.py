@@ -253,6 +253,14 @@ class InfoNCE(ObjectiveRule):
         for d in c.directions:
             length = grid[0] if (self.sequence or d in ("down", "up")) else grid[1]
             reach = c.steps + self.skip
+            if length - 1 - self.skip < 1:
+                raise ConfigError(
+                    f"rule 'infonce' of block '{context.name}': the grid has only "
+                    f"{length} positions {d} (grid {tuple(grid)}), too few for any "
+                    f"prediction step with skip {self.skip}; use smaller patches or "
+                    "a smaller stride (network.patches) so the grid has at least "
+                    f"{self.skip + 2} positions"
+                )
             if reach >= length:
                 raise ConfigError(
                     f"rule 'infonce' of block '{context.name}': prediction step "

@@ -263,3 +263,49 @@ def test_cli_run_rules_and_errors(tmp_path, capsys):
     assert "unknown rule 'nope'" in capsys.readouterr().err
     assert main(["summarize", str(out / "x")]) == 0
     assert "| block1 | all | trained |" in capsys.readouterr().out
+
+
+def test_a_bad_config_fails_before_its_run_directory_exists(tmp_path):
+    for bad, message in [
+        ("network.rule.name=infonse", "unknown rule 'infonse'"),
+        ("data.name=digit", "unknown data set 'digit'"),
+        ("scheduler.mode=sequentail", "unknown scheduler mode 'sequentail'"),
+        ("evaluate.pool=0", "evaluate.pool must be >= 1"),
+        ("evaluate.budgets=[5000]", "label budget of 5000 per class"),
+    ]:
+        cfg = load_config(None, [*TINY, bad])
+        with pytest.raises((ConfigError, UnknownNameError), match=message):
+            Experiment.create(cfg, tmp_path / "bad")
+        assert not (tmp_path / "bad").exists(), bad
+
+
+def test_wrongly_typed_values_are_named():
+    with pytest.raises(ConfigError, match=r"config key 'seed' must be a int .* 'abc'"):
+        load_config(None, [*TINY, "seed=abc"])
+    with pytest.raises(ConfigError, match=r"'scheduler.epochs' must be a int"):
+        load_config(None, [*TINY, "scheduler.epochs=two"])
+
+
+def test_summarize_refuses_runs_of_different_experiments(tmp_path, capsys):
+    _run(tmp_path, "scheduler.epochs=0", "name=one", name="one")
+    _run(tmp_path, "scheduler.epochs=0", "name=two", name="two")
+    assert main(["summarize", str(tmp_path / "one"), str(tmp_path / "two")]) == 2
+    assert "different experiments (one, two)" in capsys.readouterr().err
+
+
+def test_options_may_follow_the_config_and_overrides(tmp_path):
+    out = tmp_path / "late"
+    argv = [
+        "run",
+        "experiments/gim_mnist.yaml",
+        "-q",
+        "scheduler.epochs=0",
+        "data.options.n_train=100",
+        "evaluate.budgets=[all]",
+        "evaluate.random_twin=false",
+        "evaluate.reference=false",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert (out / "results.json").exists()
