@@ -49,6 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     results = exp.run()
     from localearn.report import probe_table
 
+    print(
+        "Linear probe accuracy on the test set: trained network, the same network "
+        "at initialisation (random) and, when run, trained end to end (reference)."
+    )
     print(probe_table(results))
     for model, acc in results.get("readout", {}).items():
         print(f"readout {model}: {100 * acc:.2f}%")

@@ -33,7 +33,9 @@ def probe_table(results: dict[str, Any]) -> str:
     models = [m for m in MODEL_ORDER if any(m in v for v in acc.values())]
     head = ["block", "labels per class", *models]
     if "random" in models:
-        head.append("trained - random")
+        head.append("trained - random (points)")
+    if "reference" in models:
+        head.append("trained - reference (points)")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (block, budget), vals in acc.items():
         cells = [block, budget] + [
@@ -41,6 +43,8 @@ def probe_table(results: dict[str, Any]) -> str:
         ]
         if "random" in models:
             cells.append(f"{100 * (vals['trained'] - vals['random']):+.1f}")
+        if "reference" in models:
+            cells.append(f"{100 * (vals['trained'] - vals['reference']):+.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -58,8 +62,9 @@ def _loss_plot(metrics: list[dict], path: Path) -> bool:
     for label, pts in curves.items():
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, label=label, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("local loss (plasticity: update size)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("local loss, energy or update size")
+    ax.set_title("Training curve of each block (per logged step)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -71,7 +76,7 @@ def _accuracy_plot(results: dict, path: Path) -> bool:
     blocks = [b["name"] for b in results["blocks"]]
     if not results["probe"]:
         return False
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     styles = {"trained": "-o", "random": "--s", "reference": ":^"}
     for model in MODEL_ORDER:
         for budget in sorted({r["budget"] for r in results["probe"]}):
@@ -89,8 +94,10 @@ def _accuracy_plot(results: dict, path: Path) -> bool:
                     label=f"{model}, {budget} labels/class",
                 )
     ax.set_xticks(range(1, len(blocks) + 1), blocks)
+    ax.set_xlabel("block (depth)")
     ax.set_ylabel("probe accuracy (%)")
-    ax.legend(fontsize=7)
+    ax.set_title("Linear probe accuracy per block", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -257,6 +264,18 @@ def _depth_plot(summary: dict, path: Path) -> bool:
                 label=variant,
             )
         ax.set_xlabel("block depth")
+        ax.set_xticks(
+            range(
+                1,
+                1
+                + max(
+                    len(
+                        [r for r in rows if r["variant"] == v and r["budget"] == budget]
+                    )
+                    for v in {r["variant"] for r in rows}
+                ),
+            )
+        )
         ax.set_ylabel("probe accuracy (%)")
         ax.set_title(f"{budget} labels per class")
         ax.legend(fontsize=7)
