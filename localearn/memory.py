@@ -30,6 +30,8 @@ def _rss_mb() -> float:
 
 
 def _child(fn: Callable[[], Any], queue: Any) -> None:
+    # an OpenMP pool inherited through fork can deadlock: run single-threaded
+    torch.set_num_threads(1)
     try:
         start = _rss_mb()
         t0 = time.perf_counter()
@@ -45,8 +47,8 @@ def measure_peak(fn: Callable[[], Any], device: str = "cpu") -> dict[str, float]
     """Run ``fn`` and return its peak memory in MiB and its wall time.
 
     Args:
-        fn: the work; on the CPU it runs in a forked child, so its side
-            effects do not reach the caller.
+        fn: the work; on the CPU it runs in a forked child, single-threaded,
+            so its side effects do not reach the caller.
         device: ``cpu`` or a CUDA device string.
 
     Returns:
