@@ -65,3 +65,27 @@ def cka_matrix(
         for j, c in enumerate(cols):
             out[i, j] = linear_cka(a[r], b[c])
     return rows, cols, out
+
+
+def cka_table(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
+) -> dict[str, list]:
+    """:func:`cka_matrix` as plain lists, ready for JSON.
+
+    Args:
+        a: block name -> features of network A (the rows).
+        b: block name -> features of network B on the same samples (the columns).
+
+    Returns:
+        ``{"rows": [...], "cols": [...], "values": [[...], ...]}``, row ``i``
+        and column ``j`` holding CKA(A's block i, B's block j).
+
+    Example:
+        >>> import torch
+        >>> f = {"b1": torch.randn(30, 4), "b2": torch.randn(30, 2)}
+        >>> t = cka_table(f, f)
+        >>> t["rows"], [round(t["values"][i][i], 6) for i in range(2)]
+        (['b1', 'b2'], [1.0, 1.0])
+    """
+    rows, cols, values = cka_matrix(a, b)
+    return {"rows": rows, "cols": cols, "values": values.tolist()}

@@ -7,6 +7,7 @@ Commands:
     datasets                     list the data sets
     compare CONFIG [key=value]   variants x seeds, with statistics
     summarize DIR [DIR ...]      mean probe accuracy over runs (seeds)
+    memory CONFIG [key=value]    peak training memory of every schedule
 """
 
 from __future__ import annotations
@@ -71,6 +72,25 @@ def _compare(args: argparse.Namespace) -> int:
     summary = run_comparison(cfg, out, progress=not args.quiet)
     print((out / "report.md").read_text())
     return 1 if summary["failures"] else 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from localearn.config import load_config
+    from localearn.costs import memory_markdown, schedule_memory
+    from localearn.experiment import atomic_write_text
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(cfg.output.dir) / f"{cfg.name}-memory"
+    result = schedule_memory(cfg, steps=args.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(result, indent=2), out / "memory.json")
+    table = memory_markdown(result)
+    atomic_write_text(
+        f"# Memory per schedule: {cfg.name}\n\n{table}\n", out / "memory.md"
+    )
+    print(table)
+    print(f"written: {out / 'memory.json'}, {out / 'memory.md'}")
+    return 0
 
 
 def _rules(args: argparse.Namespace) -> int:
@@ -145,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="directory (default output.dir/NAME-compare)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=_compare)
+    m = sub.add_parser("memory", help="peak training memory of every schedule")
+    m.add_argument("config", help="experiment YAML file")
+    m.add_argument("overrides", nargs="*", help="key=value overrides")
+    m.add_argument("--steps", type=int, default=2, help="training steps measured")
+    m.add_argument("--out", help="directory (default output.dir/NAME-memory)")
+    m.set_defaults(func=_memory)
     ru = sub.add_parser("rules", help="list rules, kinds and hyperparameters")
     ru.add_argument("--json", action="store_true")
     ru.set_defaults(func=_rules)

@@ -18,7 +18,11 @@ failed one is reported without losing the others.
 The summary gives, per variant, block, label budget and model, the mean, the
 standard deviation and a 95% confidence interval (Student's t) over seeds,
 and a paired t-test of each variant against the baseline on the same seeds
-(the seeds fix the data and the probe subsets, so the runs pair up).
+(the seeds fix the data and the probe subsets, so the runs pair up). It also
+gives each variant's cost (seconds per epoch, training and whole-run time)
+and, when the runs trained a reference, the CKA matrices against it averaged
+over seeds; ``compare.memory: true`` adds the memory of every schedule on the
+base network (:func:`localearn.costs.schedule_memory`).
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ def split_compare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         )
     spec = to_plain(cfg.compare)
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "compare"])
-    unknown = set(spec) - {"seeds", "variants", "baseline"}
+    unknown = set(spec) - {"seeds", "variants", "baseline", "memory"}
     if unknown:
         raise ConfigError(
             f"unknown key(s) compare.{', compare.'.join(sorted(unknown))}; valid "
-            "keys: seeds, variants, baseline"
+            "keys: seeds, variants, baseline, memory"
+        )
+    if not isinstance(spec.setdefault("memory", False), bool):
+        raise ConfigError(
+            f"compare.memory must be true or false, got {spec['memory']!r}"
         )
     spec.setdefault("seeds", [0, 1, 2, 3, 4])
     spec.setdefault("variants", {"default": {}})
@@ -118,6 +126,19 @@ def run_comparison(
     summary = summarize(results, spec.get("baseline"))
     summary["failures"] = failures
     summary["seeds"] = list(spec["seeds"])
+    if spec["memory"]:
+        try:
+            summary["memory"] = _comparison_memory(base, spec["seeds"][0], out)
+        except (LocalearnError, NotImplementedError, RuntimeError) as err:
+            log.error("memory per schedule failed: %s", err)
+            failures.append(
+                {
+                    "variant": "(memory per schedule)",
+                    "seed": spec["seeds"][0],
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(limit=3),
+                }
+            )
     atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
     from localearn.report import write_comparison_report
 
@@ -135,6 +156,21 @@ def _one_run(base, overrides, seed, run_dir: Path, progress: bool) -> dict:
         return Experiment.resume(run_dir, progress).run()
     cfg = variant_config(base, overrides, seed)
     return Experiment.create(cfg, run_dir, progress).run()
+
+
+def _comparison_memory(base: DictConfig, seed: int, out: Path) -> dict[str, Any]:
+    """Memory per schedule of the base config, measured once, reused on restart."""
+    from localearn.costs import schedule_memory
+
+    path = out / "memory.json"
+    if path.exists():
+        log.info("reusing %s", path)
+        return json.loads(path.read_text())
+    cfg = base.copy()
+    cfg.seed = seed
+    result = schedule_memory(cfg)
+    atomic_write_text(json.dumps(result, indent=2), path)
+    return result
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float]:
@@ -205,4 +241,76 @@ def summarize(
         "baseline": baseline,
         "rows": rows,
         "train_seconds": timing,
+        "cost": summarize_cost(results),
+        "cka": summarize_cka(results),
     }
+
+
+def summarize_cost(results: dict[str, dict[int, dict]]) -> dict[str, Any]:
+    """Wall time per variant: seconds per epoch, training and whole run.
+
+    Per variant, each a :func:`mean_ci` over seeds: ``epoch_s`` (training
+    seconds over passes through the training set, every stage of a
+    sequential or cached schedule counted), ``reference_epoch_s`` when the
+    runs trained a reference, ``train_s`` and ``total_s``. Runs that do not
+    record their epochs are left out of the per-epoch figures.
+    """
+    out: dict[str, Any] = {}
+    for variant, by_seed in results.items():
+        runs = list(by_seed.values())
+        if not runs:
+            continue
+        series: dict[str, list[float]] = defaultdict(list)
+        for res in runs:
+            timing, epochs = res.get("timing", {}), res.get("epochs", {})
+            for key in ("train_s", "total_s"):
+                if key in timing:
+                    series[key].append(timing[key])
+            if epochs.get("trained") and "train_s" in timing:
+                series["epoch_s"].append(timing["train_s"] / epochs["trained"])
+            if epochs.get("reference") and "reference_s" in timing:
+                series["reference_epoch_s"].append(
+                    timing["reference_s"] / epochs["reference"]
+                )
+        out[variant] = {k: mean_ci(v) for k, v in series.items() if v}
+    return out
+
+
+def summarize_cka(results: dict[str, dict[int, dict]]) -> dict[str, Any]:
+    """Element-wise mean and standard deviation of CKA matrices over seeds.
+
+    Per variant and pair (``trained_vs_reference``, ``random_vs_reference``):
+    ``rows``, ``cols``, ``mean``, ``std`` (sample, 0 for one seed) and ``n``.
+    Runs without CKA are skipped; runs whose block names differ from the
+    first run's are refused.
+    """
+    out: dict[str, Any] = {}
+    for variant, by_seed in results.items():
+        stacks: dict[str, list] = defaultdict(list)
+        names: dict[str, tuple] = {}
+        for seed, res in sorted(by_seed.items()):
+            for pair, table in (res.get("cka") or {}).items():
+                key = (table["rows"], table["cols"])
+                if names.setdefault(pair, key) != key:
+                    raise ConfigError(
+                        f"variant '{variant}' seed {seed}: CKA {pair} has blocks "
+                        f"{key}, but an earlier seed has {names[pair]}; the seeds "
+                        "of one variant must share the network"
+                    )
+                stacks[pair].append(np.asarray(table["values"], dtype=float))
+        if stacks:
+            out[variant] = {
+                pair: {
+                    "rows": names[pair][0],
+                    "cols": names[pair][1],
+                    "mean": np.mean(mats, axis=0).tolist(),
+                    "std": (
+                        np.std(mats, axis=0, ddof=1)
+                        if len(mats) > 1
+                        else np.zeros_like(mats[0])
+                    ).tolist(),
+                    "n": len(mats),
+                }
+                for pair, mats in stacks.items()
+            }
+    return out

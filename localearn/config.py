@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "pool": 2,
         "random_twin": True,
         "reference": False,
+        "cka": True,
         "batch_size": 250,
         "probe": dataclasses.asdict(ProbeConfig()),
     },

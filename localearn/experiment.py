@@ -8,7 +8,8 @@ A run directory holds:
 * ``checkpoint.pt`` (and ``reference.pt``): network, rule state, optimizer
   state, schedule position and random state after the last finished epoch,
   written atomically;
-* ``results.json``: probe accuracies and timings (schema in
+* ``results.json``: probe accuracies, timings and, with a reference, the
+  CKA similarity of every block to the reference's blocks (schema in
   ``docs/results.md``);
 * ``report.md`` with PNG plots.
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from localearn.analysis import cka_table
 from localearn.config import to_plain
 from localearn.data import Dataset, load_dataset
 from localearn.errors import ConfigError
@@ -409,9 +411,11 @@ class Experiment:
                 )
         rows = []
         readout = {}
+        test_features: dict[str, dict[str, torch.Tensor]] = {}
         for model, net in models.items():
             f_train, _ = self.features(net, data.x_train)
             f_test, last = self.features(net, data.x_test)
+            test_features[model] = f_test
             for block in net.order:
                 for budget, idx in budgets:
                     acc = probe_accuracy(
@@ -460,7 +464,36 @@ class Experiment:
             "probe": rows,
             "readout": readout,
             "final_loss": self._final_losses(),
+            "epochs": self._epochs(models["trained"], "reference" in models),
+            **self._cka(test_features),
         }
+
+    def _cka(self, features: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Linear CKA of each model's blocks against the reference's blocks.
+
+        Uses the pooled test-set features the probe already computed, so the
+        networks run once. Empty when there is no reference or
+        ``evaluate.cka`` is off.
+        """
+        if not self.cfg.evaluate.get("cka", True) or "reference" not in features:
+            return {}
+        out = {}
+        for model in ("trained", "random"):
+            if model in features:
+                out[f"{model}_vs_reference"] = cka_table(
+                    features[model], features["reference"]
+                )
+                log.info("CKA %s vs reference computed", model)
+        return {"cka": out}
+
+    def _epochs(self, net: Network, with_reference: bool) -> dict[str, int]:
+        """Passes over the training set per model (every stage counted)."""
+        sched = scheduler_config(self.cfg)
+        stages = len(net.order) if sched.mode in ("sequential", "cached") else 1
+        out = {"trained": sched.epochs * stages}
+        if with_reference:
+            out["reference"] = sched.epochs
+        return out
 
     @staticmethod
     def _has_readout(net: Network, data: Dataset) -> bool:

@@ -105,6 +105,30 @@ class Softmax(nn.Module):
         return torch.softmax(x / self.temperature, dim=1)
 
 
+class L2Norm(nn.Module):
+    """Divide each feature vector by its length: ``x / (||x||_2 + eps)``.
+
+    The norm is taken over axis 1: each sample's vector for ``(B, D)``
+    inputs, each position's channel vector for conv maps ``(B, C, ...)``. It
+    has no parameters. Forward-Forward (Hinton 2022, section 2.1) puts it at
+    the input of every layer after the first, so a layer cannot pass its
+    goodness (the length of its output) on to the next one, which sees only
+    the direction.
+
+    Args:
+        eps: added to the norm, so a zero vector stays zero.
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        if eps <= 0:
+            raise ConfigError(f"layer 'l2norm' needs eps > 0, got {eps}")
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / (x.norm(dim=1, keepdim=True) + self.eps)
+
+
 def _dims(in_shape: tuple[int, ...], layer: str) -> int:
     dims = len(in_shape) - 1
     if dims not in (1, 2):
@@ -189,6 +213,7 @@ LAYERS: dict[str, Callable[[dict, tuple[int, ...]], nn.Module]] = {
     "sigmoid": lambda spec, shape: nn.Sigmoid(),
     "power": lambda spec, shape: Power(spec.pop("n", 1.0)),
     "softmax": lambda spec, shape: Softmax(spec.pop("temperature", 1.0)),
+    "l2norm": lambda spec, shape: L2Norm(spec.pop("eps", 1e-6)),
 }
 WEIGHT_LAYERS = ("conv", "linear", "residual")
 

@@ -2,9 +2,11 @@
 
 The report has the probe table per block (trained, random twin and, when
 present, the end-to-end reference, at each label budget), the readout, the
-timings, loss curves, probe accuracy against block depth, each rule's traces
-(such as energy over inference steps) and receptive fields where a rule
-provides them.
+timings, the linear CKA of every block against the reference's blocks (a
+heat map, when a reference was trained), loss curves, probe accuracy against
+block depth, each rule's traces (such as energy over inference steps) and
+receptive fields where a rule provides them. The comparison's report adds a
+cost table, the memory per schedule and one CKA heat map per variant.
 """
 
 from __future__ import annotations
@@ -191,6 +193,98 @@ def _fields_plots(net, out: Path) -> list[str]:
     return names
 
 
+def cka_heatmap(
+    panels: dict[str, dict[str, Any]], path: Path, title: str, ylabel: str
+) -> bool:
+    """Draw CKA matrices side by side, annotated, on one 0..1 colour scale.
+
+    Args:
+        panels: panel title -> ``{"rows", "cols", "values"}`` and optionally
+            ``"std"`` (a matrix of the same shape, annotated as ``± std``).
+        path: the PNG to write.
+        title: the figure's title.
+        ylabel: what the rows are (for example "trained block").
+
+    Returns:
+        Whether anything was drawn.
+    """
+    if not panels:
+        return False
+    widths = [max(len(p["cols"]), 1) for p in panels.values()]
+    height = max(len(p["rows"]) for p in panels.values())
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(1.4 * sum(widths) + 2.5, 1.0 * height + 1.8),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+        layout="constrained",
+    )
+    image = None
+    for k, (ax, (name, panel)) in enumerate(zip(axes[0], panels.items(), strict=True)):
+        values = np.asarray(panel["values"], dtype=float)
+        std = panel.get("std")
+        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis")
+        for (i, j), v in np.ndenumerate(values):
+            text = f"{v:.2f}" if std is None else f"{v:.2f}\n±{std[i][j]:.2f}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if v > 0.6 else "white",
+            )
+        ax.set_xticks(range(len(panel["cols"])), panel["cols"], fontsize=8)
+        ax.set_yticks(range(len(panel["rows"])), panel["rows"], fontsize=8)
+        ax.set_xlabel("reference block (end to end)")
+        if k == 0:
+            ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), label="linear CKA", shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def _mean_std(stat: dict[str, float] | None, unit: str = "s") -> str:
+    if not stat:
+        return ""
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f} {unit}"
+
+
+def cost_table(cost: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of wall time per variant (mean ± std over seeds)."""
+    lines = [
+        "Wall time, mean ± standard deviation over seeds. An epoch is one pass "
+        "over the training set; a sequential or cached schedule makes one per "
+        "block per epoch. A resumed run counts only the time after resuming.",
+        "",
+        "| variant | s / epoch | reference s / epoch | training | whole run | runs |",
+        "|" + " --- |" * 6,
+    ]
+    for variant, c in cost.items():
+        n = max((v["n"] for v in c.values()), default=0)
+        lines.append(
+            f"| {variant} | {_mean_std(c.get('epoch_s'))} | "
+            f"{_mean_std(c.get('reference_epoch_s'))} | "
+            f"{_mean_std(c.get('train_s'))} | {_mean_std(c.get('total_s'))} | "
+            f"{n} |"
+        )
+    return "\n".join(lines)
+
+
+def _cka_panels(cka: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Panel titles for the entries of a ``cka`` section."""
+    return {key.replace("_", " "): table for key, table in cka.items()}
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
 def write_comparison_report(
     out: Path, summary: dict[str, Any], results: dict[str, dict[int, dict]]
 ) -> Path:
@@ -224,11 +318,45 @@ def write_comparison_report(
             f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | {r['n']} | "
             f"{diff} | {p} |"
         )
-    if summary["train_seconds"]:
-        parts += ["", "Training time per run (mean over seeds):", ""]
-        parts += [f"- {v}: {s:.1f} s" for v, s in summary["train_seconds"].items()]
     for f in summary.get("failures", []):
         parts.append(f"- FAILED: {f['variant']} seed {f['seed']}: {f['error']}")
+    if summary.get("cost"):
+        parts += ["", "## Cost", "", cost_table(summary["cost"])]
+    if summary.get("memory"):
+        from localearn.costs import memory_markdown
+
+        parts += [
+            "",
+            "## Memory per schedule",
+            "",
+            f"The base network, seed {summary['seeds'][0]}.",
+            "",
+            memory_markdown(summary["memory"]),
+        ]
+    if summary.get("cka"):
+        parts += [
+            "",
+            "## Representation similarity",
+            "",
+            "Linear CKA between each block and each block of the same network "
+            "trained end to end, mean (and standard deviation) over seeds; the "
+            "random twin against the reference is the baseline.",
+            "",
+        ]
+        for variant, cka in summary["cka"].items():
+            panels = {
+                key.replace("_", " "): {**t, "values": t["mean"]}
+                for key, t in cka.items()
+            }
+            fname = f"cka_{_file_name(variant)}.png"
+            n = max(t["n"] for t in cka.values())
+            if cka_heatmap(
+                panels,
+                out / fname,
+                f"{variant}: linear CKA against the reference, mean of {n} seed(s)",
+                "block",
+            ):
+                parts.append(f"![linear CKA of {variant}]({fname})")
     if _depth_plot(summary, out / "depth.png"):
         parts += ["", "![probe accuracy against block depth](depth.png)"]
     if _curves_plot(out, results, out / "curves.png"):
@@ -357,6 +485,24 @@ def write_report(
     if timing:
         parts += ["", "## Time", ""]
         parts += [f"- {k}: {v:.1f} s" for k, v in timing.items()]
+    if results.get("cka"):
+        parts += [
+            "",
+            "## Representation similarity",
+            "",
+            "Linear CKA (Kornblith et al., ICML 2019) between the pooled test-set "
+            "features of every block and those of every block of the network "
+            "trained end to end; the random twin against the reference is the "
+            "baseline a trained block should rise above.",
+            "",
+        ]
+        if cka_heatmap(
+            _cka_panels(results["cka"]),
+            run_dir / "cka.png",
+            "Linear CKA against the end-to-end reference (test set)",
+            "block",
+        ):
+            parts.append("![linear CKA against the reference](cka.png)")
     parts += ["", "## Plots", ""]
     if _loss_plot(metrics, run_dir / "loss.png"):
         parts.append("![loss curves](loss.png)")

@@ -96,6 +96,12 @@ class Rule(nn.Module):
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = False
+    #: whether the rule learns from negative data as well as real data. If any
+    #: block's rule says so, the scheduler appends one negative per sample to
+    #: every raw minibatch (see :mod:`localearn.negatives`; the kind is the
+    #: rule's ``negative`` hyperparameter, ``hybrid`` if it has none) and every
+    #: block sees ``[positives; negatives]``, labels repeated.
+    negatives: ClassVar[bool] = False
     Config: ClassVar[type] = None  # type: ignore[assignment]
     #: a small network this rule trains, ``{"in_shape": (C, ...), "network":
     #: {...}}`` without the rule; used by the conformance suite and the docs.

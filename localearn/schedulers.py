@@ -17,6 +17,13 @@ per block) and, within each, epochs of minibatches. After every epoch it hands
 its position to a callback that writes an atomic checkpoint, so an
 interrupted run resumes at the last finished epoch and replays the same
 batches.
+
+Negative data: if any block's rule declares ``negatives = True`` (such as
+Forward-Forward), every raw minibatch ``x`` is extended to ``[x; negatives]``
+before the patch grid, labels to ``[labels; labels]``, in the simultaneous,
+sequential and reference modes. The negatives are drawn from a generator
+seeded by the trainer's seed, the stage, the epoch and the step, so a resumed
+run sees the same ones. Cached mode refuses such rules.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 
 from localearn.errors import ConfigError, DivergenceError, UnknownNameError
 from localearn.isolation import audit_graph, audit_update
+from localearn.negatives import make_negatives
 from localearn.network import INPUT, Network
 from localearn.rule import EnergyRule, ObjectiveRule, PlasticityRule
 
@@ -158,8 +166,20 @@ class Trainer:
         self.progress = progress
         self.cache_dir = cache_dir
         self.owners = network.block_of_parameter()
+        self.negatives = negative_kind(network)
         if cfg.mode == "reference":
             self._check_reference()
+        if cfg.mode == "cached" and self.negatives is not None:
+            users = [
+                f"'{n}' (rule '{network.blocks[n].rule.name}')"
+                for n in network.order
+                if network.blocks[n].rule.negatives
+            ]
+            raise ConfigError(
+                f"scheduler.mode=cached cannot train block {', '.join(users)}: "
+                "the rule draws fresh negative data every step, but cached inputs "
+                "hold one fixed input per sample; use scheduler.mode=sequential"
+            )
 
     # -- schedule -------------------------------------------------------------
 
@@ -258,12 +278,36 @@ class Trainer:
         """One training step on the minibatch ``idx``; returns losses per block."""
         idx = idx.to(self.x.device) if inputs is None else idx
         labels = self.y[idx.to(self.y.device)]
-        if self.cfg.mode == "reference":
-            return self._reference_step(self.x[idx], labels, audit, pos)
         if inputs is not None:
             rows = torch.as_tensor(inputs[idx.numpy()]).to(self.x.device)
             return self._local_step(rows, labels, train, audit, pos, start=train[0])
-        return self._local_step(self.x[idx], labels, train, audit, pos)
+        x = self.x[idx]
+        if self.negatives is not None:
+            x, labels = self.with_negatives(x, labels, pos)
+        if self.cfg.mode == "reference":
+            return self._reference_step(x, labels, audit, pos)
+        return self._local_step(x, labels, train, audit, pos)
+
+    def with_negatives(
+        self, x: torch.Tensor, labels: torch.Tensor, pos: Position
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A raw minibatch followed by its negatives, labels repeated.
+
+        Args:
+            x: raw inputs of the minibatch (before the patch grid).
+            labels: their labels.
+            pos: where training stands; with the trainer's seed it seeds the
+                negatives, so a resumed run draws the same ones.
+
+        Returns:
+            ``[x; negatives]`` and ``[labels; labels]``.
+        """
+        entropy = [self.seed % 2**64, pos.stage, pos.epoch, pos.step]
+        state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+        neg = make_negatives(x, gen, self.negatives)
+        return torch.cat([x, neg]), torch.cat([labels, labels])
 
     # -- local training -------------------------------------------------------
 
@@ -441,6 +485,26 @@ class Trainer:
             if block.optimizer is not None:
                 block.optimizer.step()
         return losses
+
+
+def negative_kind(network: Network) -> str | None:
+    """The kind of negative data the network's rules need, or None if none do.
+
+    Raises:
+        ConfigError: two blocks that ask for different kinds.
+    """
+    kinds: dict[str, str] = {}
+    for name in network.order:
+        rule = network.blocks[name].rule
+        if rule.negatives:
+            kinds[name] = getattr(rule.config, "negative", "hybrid")
+    if len(set(kinds.values())) > 1:
+        found = ", ".join(f"block '{n}' uses {k!r}" for n, k in kinds.items())
+        raise ConfigError(
+            "every block of a network trains on the same negative data, but "
+            f"{found}; set the same 'negative' hyperparameter on all of them"
+        )
+    return next(iter(kinds.values()), None)
 
 
 class _RowView:
