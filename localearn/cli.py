@@ -8,6 +8,7 @@ Commands:
     compare CONFIG [key=value]   variants x seeds, with statistics
     summarize DIR [DIR ...]      mean probe accuracy over runs (seeds)
     memory CONFIG [key=value]    peak training memory of every schedule
+    claims [FOLDER] [key=value]  run the Greedy InfoMax claims, write verdicts
 """
 
 from __future__ import annotations
@@ -69,9 +70,37 @@ def _compare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(cfg.output.dir) / f"{cfg.name}-compare"
-    summary = run_comparison(cfg, out, progress=not args.quiet)
+    summary = run_comparison(
+        cfg,
+        out,
+        progress=not args.quiet and args.workers <= 1,
+        workers=args.workers,
+        pool=Path(args.pool) if args.pool else None,
+    )
     print((out / "report.md").read_text())
     return 1 if summary["failures"] else 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from localearn.claims import results_page, run_claims
+
+    record = run_claims(
+        Path(args.folder),
+        Path(args.out),
+        workers=args.workers,
+        only=args.only.split(",") if args.only else None,
+        data=args.data.split(",") if args.data else None,
+        overrides=args.overrides,
+    )
+    command = args.command_line or " ".join(["localearn", *sys.argv[1:]])
+    page = results_page(record, command)
+    out = Path(args.write) if args.write else Path(args.out) / "results.md"
+    atomic = out.with_name(out.name + ".tmp")
+    atomic.write_text(page)
+    atomic.replace(out)
+    print(page)
+    print(f"results page: {out}")
+    return 0
 
 
 def _memory(args: argparse.Namespace) -> int:
@@ -164,7 +193,25 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="key=value overrides")
     c.add_argument("--out", help="directory (default output.dir/NAME-compare)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.add_argument(
+        "--workers", type=int, default=1, help="runs at the same time (processes)"
+    )
+    c.add_argument("--pool", help="folder of runs shared between comparisons")
     c.set_defaults(func=_compare)
+    cl = sub.add_parser("claims", help="run the Greedy InfoMax claims, write verdicts")
+    cl.add_argument(
+        "folder", nargs="?", default="experiments/claims", help="claims folder"
+    )
+    cl.add_argument("overrides", nargs="*", help="key=value applied to every claim")
+    cl.add_argument("--out", default="runs/claims", help="output folder")
+    cl.add_argument("--workers", type=int, default=1, help="runs at the same time")
+    cl.add_argument("--only", help="claims to run, e.g. c1,c6 (default: all)")
+    cl.add_argument("--data", help="data sets to run, e.g. mnist (default: all)")
+    cl.add_argument(
+        "--write", help="write the results page here (e.g. docs/results.md)"
+    )
+    cl.add_argument("--command-line", help=argparse.SUPPRESS, default=None)
+    cl.set_defaults(func=_claims)
     m = sub.add_parser("memory", help="peak training memory of every schedule")
     m.add_argument("config", help="experiment YAML file")
     m.add_argument("overrides", nargs="*", help="key=value overrides")

@@ -27,11 +27,14 @@ base network (:func:`localearn.costs.schedule_memory`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import traceback
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,8 @@ from localearn.experiment import Experiment, atomic_write_text
 
 log = logging.getLogger(__name__)
 SUMMARY_SCHEMA = "localearn.comparison/1"
+# claim and check describe a claim (localearn.claims); compare ignores them
+COMPARE_KEYS = ("seeds", "variants", "baseline", "memory", "claim", "check")
 
 
 def split_compare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
@@ -56,15 +61,16 @@ def split_compare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         )
     spec = to_plain(cfg.compare)
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "compare"])
-    unknown = set(spec) - {"seeds", "variants", "baseline", "memory"}
+    unknown = set(spec) - set(COMPARE_KEYS)
     if unknown:
         raise ConfigError(
             f"unknown key(s) compare.{', compare.'.join(sorted(unknown))}; valid "
-            "keys: seeds, variants, baseline, memory"
+            f"keys: {', '.join(COMPARE_KEYS)}"
         )
-    if not isinstance(spec.setdefault("memory", False), bool):
+    if not isinstance(spec.setdefault("memory", False), bool | dict):
         raise ConfigError(
-            f"compare.memory must be true or false, got {spec['memory']!r}"
+            "compare.memory must be true, false or a mapping of overrides for the "
+            f"measurement (e.g. {{scheduler.batch_size: 256}}), got {spec['memory']!r}"
         )
     spec.setdefault("seeds", [0, 1, 2, 3, 4])
     spec.setdefault("variants", {"default": {}})
@@ -80,17 +86,129 @@ def split_compare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
 
 
 def variant_config(base: DictConfig, overrides: dict, seed: int) -> DictConfig:
-    """The base config with a variant's overrides and a seed applied."""
-    dotted = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
-    patch = OmegaConf.from_dotlist(dotted)
-    _check_keys(patch, DEFAULTS, "")
-    cfg = OmegaConf.merge(base, patch)
+    """The base config with a variant's overrides and a seed applied.
+
+    A dotted key with a plain value changes that one value
+    (``scheduler.mode: sequential``); a mapping replaces the whole section it
+    names, so ``network.rule: {name: softhebb}`` swaps the rule without
+    keeping the old rule's settings.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(base))
+    for key, value in (overrides or {}).items():
+        patch = OmegaConf.from_dotlist([f"{key}={json.dumps(value)}"])
+        _check_keys(patch, DEFAULTS, "")
+        if isinstance(value, dict):
+            OmegaConf.update(cfg, key, value, merge=False)
+        else:
+            cfg = OmegaConf.merge(cfg, patch)
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), cfg)
     cfg.seed = seed
     return cfg
 
 
+def run_key(cfg: DictConfig) -> str:
+    """A short hash of everything in a run's config that shapes its results.
+
+    Two comparisons that ask for the same run (same config and seed) share it
+    through a run pool; the name and output settings do not count.
+    """
+    plain = to_plain(cfg)
+    for key in ("name", "output", "compare"):
+        plain.pop(key, None)
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_runs(
+    cfg: DictConfig, out: Path, pool: Path | None = None
+) -> list[tuple[str, int, DictConfig, Path]]:
+    """Every (variant, seed) of a comparison with its config and run directory.
+
+    Without a pool, runs live in ``out/<variant>/seed<N>``; with one, in
+    ``pool/<run_key>`` so that comparisons asking for the same run share it.
+    Every config is checked before any run starts.
+    """
+    base, spec = split_compare(cfg)
+    jobs = []
+    for name, overrides in spec["variants"].items():
+        for seed in spec["seeds"]:
+            try:
+                run_cfg = variant_config(base, overrides, int(seed))
+            except ConfigError as err:
+                raise ConfigError(f"compare variant '{name}': {err}") from None
+            where = (
+                Path(pool) / run_key(run_cfg)
+                if pool is not None
+                else Path(out) / name / f"seed{seed}"
+            )
+            jobs.append((name, int(seed), run_cfg, where))
+    return jobs
+
+
+def run_jobs(
+    jobs: list[tuple[DictConfig, Path]], workers: int = 1, progress: bool = False
+) -> dict[Path, dict | dict[str, str]]:
+    """Run (or reuse, or resume) each distinct run directory once.
+
+    Args:
+        jobs: (config, run directory) pairs; repeated directories run once.
+        workers: runs at the same time, each in its own process (1 runs them
+            here, one after another). Give each run ``threads`` so that the
+            workers do not oversubscribe the cores.
+        progress: show progress bars (only with one worker).
+
+    Returns:
+        Per run directory, its results, or ``{"error": ..., "traceback": ...}``.
+    """
+    unique: dict[Path, DictConfig] = {}
+    for run_cfg, where in jobs:
+        unique.setdefault(Path(where), run_cfg)
+    done: dict[Path, dict] = {}
+    if workers <= 1:
+        for where, run_cfg in unique.items():
+            done[where] = _guarded_run(
+                OmegaConf.to_yaml(run_cfg, resolve=True), str(where), progress
+            )
+        return done
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        futures = {
+            ex.submit(
+                _guarded_run, OmegaConf.to_yaml(c, resolve=True), str(w), False
+            ): w
+            for w, c in unique.items()
+        }
+        for fut in as_completed(futures):
+            where = futures[fut]
+            try:
+                done[where] = fut.result()
+            except Exception as err:  # a worker that died: report, keep the rest
+                done[where] = {
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(limit=3),
+                }
+    return done
+
+
+def _guarded_run(cfg_yaml: str, where: str, progress: bool) -> dict:
+    """One run in a (possibly separate) process; errors come back as data."""
+    run_dir = Path(where)
+    try:
+        return _one_run(OmegaConf.create(cfg_yaml), run_dir, progress)
+    except (LocalearnError, NotImplementedError, RuntimeError) as err:
+        log.error("run %s failed: %s", run_dir, err)
+        return {
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=3),
+        }
+
+
 def run_comparison(
-    cfg: DictConfig, out: Path, progress: bool = False
+    cfg: DictConfig,
+    out: Path,
+    progress: bool = False,
+    workers: int = 1,
+    pool: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) every variant with every seed, then summarise.
 
@@ -98,37 +216,38 @@ def run_comparison(
         cfg: experiment config with a ``compare`` section.
         out: the comparison's directory.
         progress: show progress bars.
+        workers: runs at the same time, each in its own process.
+        pool: folder of runs shared between comparisons (see :func:`plan_runs`);
+            None keeps every run under ``out``.
 
     Returns:
         The summary also written to ``out/summary.json``.
     """
     base, spec = split_compare(cfg)
     out = Path(out)
+    jobs = plan_runs(cfg, out, pool)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "comparison.yaml")
+    finished = run_jobs([(c, w) for _, _, c, w in jobs], workers, progress)
     results: dict[str, dict[int, dict]] = defaultdict(dict)
     failures = []
-    for name, overrides in spec["variants"].items():
-        for seed in spec["seeds"]:
-            run_dir = out / name / f"seed{seed}"
-            try:
-                results[name][seed] = _one_run(base, overrides, seed, run_dir, progress)
-            except (LocalearnError, NotImplementedError, RuntimeError) as err:
-                log.error("variant %s seed %s failed: %s", name, seed, err)
-                failures.append(
-                    {
-                        "variant": name,
-                        "seed": seed,
-                        "error": f"{type(err).__name__}: {err}",
-                        "traceback": traceback.format_exc(limit=3),
-                    }
-                )
+    runs = []
+    for name, seed, _, where in jobs:
+        res = finished[where]
+        runs.append({"variant": name, "seed": seed, "dir": str(where)})
+        if "error" in res:
+            failures.append({"variant": name, "seed": seed, **res})
+        else:
+            results[name][seed] = res
+    atomic_write_text(json.dumps(runs, indent=2), out / "runs.json")
     summary = summarize(results, spec.get("baseline"))
     summary["failures"] = failures
     summary["seeds"] = list(spec["seeds"])
     if spec["memory"]:
         try:
-            summary["memory"] = _comparison_memory(base, spec["seeds"][0], out)
+            summary["memory"] = _comparison_memory(
+                base, spec["seeds"][0], out, spec["memory"]
+            )
         except (LocalearnError, NotImplementedError, RuntimeError) as err:
             log.error("memory per schedule failed: %s", err)
             failures.append(
@@ -146,7 +265,7 @@ def run_comparison(
     return summary
 
 
-def _one_run(base, overrides, seed, run_dir: Path, progress: bool) -> dict:
+def _one_run(cfg: DictConfig, run_dir: Path, progress: bool) -> dict:
     done = run_dir / "results.json"
     if done.exists():
         log.info("reusing finished run %s", run_dir)
@@ -154,20 +273,24 @@ def _one_run(base, overrides, seed, run_dir: Path, progress: bool) -> dict:
     if (run_dir / "config.yaml").exists():
         log.info("resuming %s", run_dir)
         return Experiment.resume(run_dir, progress).run()
-    cfg = variant_config(base, overrides, seed)
     return Experiment.create(cfg, run_dir, progress).run()
 
 
-def _comparison_memory(base: DictConfig, seed: int, out: Path) -> dict[str, Any]:
-    """Memory per schedule of the base config, measured once, reused on restart."""
+def _comparison_memory(
+    base: DictConfig, seed: int, out: Path, spec: bool | dict
+) -> dict[str, Any]:
+    """Memory per schedule of the base config, measured once, reused on restart.
+
+    ``spec`` is True, or a mapping of overrides applied for the measurement
+    only (a larger batch makes activations, not code, dominate the peak).
+    """
     from localearn.costs import schedule_memory
 
     path = out / "memory.json"
     if path.exists():
         log.info("reusing %s", path)
         return json.loads(path.read_text())
-    cfg = base.copy()
-    cfg.seed = seed
+    cfg = variant_config(base, spec if isinstance(spec, dict) else {}, seed)
     result = schedule_memory(cfg)
     atomic_write_text(json.dumps(result, indent=2), path)
     return result

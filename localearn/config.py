@@ -103,18 +103,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictC
     base = OmegaConf.create(DEFAULTS)
     layers = [base]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file '{path}' not found; the shipped experiments are in "
-                "experiments/ (for example experiments/gim_mnist.yaml)"
-            )
-        try:
-            layers.append(OmegaConf.load(path))
-        except Exception as err:
-            raise ConfigError(
-                f"config file '{path}' is not valid YAML: {err}"
-            ) from None
+        layers.extend(_file_layers(Path(path), []))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(
@@ -139,6 +128,41 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictC
             "experiments/gim_mnist.yaml)"
         )
     return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(
+            f"config file '{path}' not found; the shipped experiments are in "
+            "experiments/ (for example experiments/gim_mnist.yaml)"
+        )
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys")
+    return layer
+
+
+def _file_layers(path: Path, seen: list[Path]) -> list[DictConfig]:
+    """A config file and, before it, the files it ``extends`` (recursively).
+
+    ``extends: other.yaml`` (relative to the file's folder) makes the file a
+    set of changes to ``other.yaml``; mappings merge key by key.
+    """
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in [*seen, path.resolve()])
+        raise ConfigError(f"config files extend each other in a cycle: {chain}")
+    layer = _read_yaml(path)
+    parent = layer.pop("extends", None)
+    if parent is None:
+        return [layer]
+    if not isinstance(parent, str):
+        raise ConfigError(
+            f"'extends' in '{path}' must be the path of one YAML file, got {parent!r}"
+        )
+    return [*_file_layers(path.parent / parent, [*seen, path.resolve()]), layer]
 
 
 def to_plain(cfg: Any) -> Any:

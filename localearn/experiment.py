@@ -10,7 +10,7 @@ A run directory holds:
   written atomically;
 * ``results.json``: probe accuracies, timings and, with a reference, the
   CKA similarity of every block to the reference's blocks (schema in
-  ``docs/results.md``);
+  ``docs/results_schema.md``);
 * ``report.md`` with PNG plots.
 
 A run that stops (interrupted, or a diverging loss) keeps its last good
