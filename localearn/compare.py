@@ -28,6 +28,7 @@ base network (:func:`localearn.costs.schedule_memory`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -170,8 +171,16 @@ def run_jobs(
                 OmegaConf.to_yaml(run_cfg, resolve=True), str(where), progress
             )
         return done
+    from localearn.rule import rule_modules
+
+    # spawn, not fork: a forked OpenMP thread pool can deadlock the child
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_import_all,
+        initargs=(rule_modules(),),
+    ) as ex:
         futures = {
             ex.submit(
                 _guarded_run, OmegaConf.to_yaml(c, resolve=True), str(w), False
@@ -188,6 +197,15 @@ def run_jobs(
                     "traceback": traceback.format_exc(limit=3),
                 }
     return done
+
+
+def _import_all(modules: list[str]) -> None:
+    """Worker start-up: import the modules that register rules in the parent."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            log.warning("worker could not import rule module %s: %s", name, err)
 
 
 def _guarded_run(cfg_yaml: str, where: str, progress: bool) -> dict:

@@ -319,6 +319,18 @@ def add_rule(name: str, cls: type[Rule], *, replace: bool = False) -> None:
     _REGISTRY[name] = cls
 
 
+def rule_modules() -> list[str]:
+    """Modules that define the registered rules, for worker processes.
+
+    A worker started with ``spawn`` imports these so that rules registered
+    at run time (not through entry points) exist there too; rules defined in
+    ``__main__`` cannot be re-imported and are left out.
+    """
+    return sorted(
+        {cls.__module__ for cls in _REGISTRY.values() if cls.__module__ != "__main__"}
+    )
+
+
 def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
