@@ -228,7 +228,9 @@ def test_similarity_needs_cka_above_the_random_twin_and_a_floor():
     v = judge(ev, {"name": "similarity", "variant": "gim", "minimum": 0.65})
     assert v.held is False
     ev = _evidence({"gim": {0: run(0.3, 0.4)}})
-    assert judge(ev, {"name": "similarity", "variant": "gim", "minimum": 0}).held is False
+    assert (
+        judge(ev, {"name": "similarity", "variant": "gim", "minimum": 0}).held is False
+    )
 
 
 def test_memory_compares_the_largest_one_block_peak_with_end_to_end():
