@@ -150,7 +150,7 @@ class Experiment:
         Data set, network, rules, scheduler and evaluation settings are
         validated here, so a bad config fails before its run directory exists.
         """
-        from localearn.schedulers import check_scheduler
+        from localearn.schedulers import check_network_schedule, check_scheduler
 
         data = load_dataset(
             cfg.data.name,
@@ -158,8 +158,11 @@ class Experiment:
             seed=int(cfg.seed),
             **to_plain(cfg.data.options),
         )
-        build_network(cfg, data)
+        net = build_network(cfg, data)
         check_scheduler(scheduler_config(cfg))
+        check_network_schedule(net, str(cfg.scheduler.mode))
+        if cfg.evaluate.reference and cfg.scheduler.mode != "reference":
+            check_network_schedule(net, "reference")
         resolve_device(str(cfg.device))
         if int(cfg.evaluate.pool) < 1:
             raise ConfigError(

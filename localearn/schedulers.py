@@ -166,20 +166,7 @@ class Trainer:
         self.progress = progress
         self.cache_dir = cache_dir
         self.owners = network.block_of_parameter()
-        self.negatives = negative_kind(network)
-        if cfg.mode == "reference":
-            self._check_reference()
-        if cfg.mode == "cached" and self.negatives is not None:
-            users = [
-                f"'{n}' (rule '{network.blocks[n].rule.name}')"
-                for n in network.order
-                if network.blocks[n].rule.negatives
-            ]
-            raise ConfigError(
-                f"scheduler.mode=cached cannot train block {', '.join(users)}: "
-                "the rule draws fresh negative data every step, but cached inputs "
-                "hold one fixed input per sample; use scheduler.mode=sequential"
-            )
+        self.negatives = check_network_schedule(network, cfg.mode)
 
     # -- schedule -------------------------------------------------------------
 
@@ -449,17 +436,6 @@ class Trainer:
 
     # -- reference ------------------------------------------------------------
 
-    def _check_reference(self) -> None:
-        for name in self.net.order:
-            rule = self.net.blocks[name].rule
-            if not (isinstance(rule, ObjectiveRule) or hasattr(rule, "reference_loss")):
-                raise NotImplementedError(
-                    f"reference mode differentiates a local objective end to end, but "
-                    f"block '{name}' uses {rule.kind} rule '{rule.name}', which has "
-                    "none; compare it against a reference built from an objective "
-                    "rule (for example greedy_supervised) instead"
-                )
-
     def _reference_step(self, x, labels, audit, pos) -> dict[str, float]:
         net = self.net
         outputs = net(x, detach=False)
@@ -485,6 +461,42 @@ class Trainer:
             if block.optimizer is not None:
                 block.optimizer.step()
         return losses
+
+
+def check_network_schedule(network: Network, mode: str) -> str | None:
+    """Refuse a schedule the network's rules cannot follow.
+
+    Reference mode needs every block to have a differentiable objective (an
+    objective rule, or a ``reference_loss``); cached mode cannot serve rules
+    that draw fresh negative data every step.
+
+    Returns:
+        The kind of negative data the network needs (see :func:`negative_kind`).
+    """
+    negatives = negative_kind(network)
+    if mode == "reference":
+        for name in network.order:
+            rule = network.blocks[name].rule
+            if not (isinstance(rule, ObjectiveRule) or hasattr(rule, "reference_loss")):
+                raise NotImplementedError(
+                    f"reference mode differentiates a local objective end to end, but "
+                    f"block '{name}' uses {rule.kind} rule '{rule.name}', which has "
+                    "none; compare it against a reference built from an objective "
+                    "rule (for example greedy_supervised) instead, or set "
+                    "evaluate.reference: false"
+                )
+    if mode == "cached" and negatives is not None:
+        users = [
+            f"'{n}' (rule '{network.blocks[n].rule.name}')"
+            for n in network.order
+            if network.blocks[n].rule.negatives
+        ]
+        raise ConfigError(
+            f"scheduler.mode=cached cannot train block {', '.join(users)}: "
+            "the rule draws fresh negative data every step, but cached inputs "
+            "hold one fixed input per sample; use scheduler.mode=sequential"
+        )
+    return negatives
 
 
 def negative_kind(network: Network) -> str | None:

@@ -279,6 +279,29 @@ def test_a_bad_config_fails_before_its_run_directory_exists(tmp_path):
         assert not (tmp_path / "bad").exists(), bad
 
 
+def test_schedules_the_rules_cannot_follow_fail_before_the_run_directory(tmp_path):
+    mlp = [
+        "network.layers=[{type: linear, out: 16, bias: false}, {type: relu},"
+        " {type: linear, out: 16, bias: false}]",
+        "network.split=[2]",
+    ]
+    cases = [
+        # Forward-Forward draws fresh negatives: cached inputs cannot serve it
+        (["network.rule.name=ff", "scheduler.mode=cached"], ConfigError, "cached"),
+        # a Hebbian rule has no objective to differentiate end to end
+        (
+            ["network.rule.name=oja", "evaluate.reference=true"],
+            NotImplementedError,
+            "reference mode differentiates",
+        ),
+    ]
+    for extra, error, message in cases:
+        cfg = load_config(None, [*BASE, *mlp, *extra])
+        with pytest.raises(error, match=message):
+            Experiment.create(cfg, tmp_path / "bad")
+        assert not (tmp_path / "bad").exists(), extra
+
+
 def test_wrongly_typed_values_are_named():
     with pytest.raises(ConfigError, match=r"config key 'seed' must be a int .* 'abc'"):
         load_config(None, [*TINY, "seed=abc"])
