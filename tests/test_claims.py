@@ -332,7 +332,15 @@ def test_claims_suite_runs_shares_runs_and_writes_a_page(tmp_path):
     assert record["claims"][1]["held"] in (True, False)
     saved = json.loads((tmp_path / "out" / "claims.json").read_text())
     assert saved["wall_seconds"] > 0
+    assert record["trained_runs"] == record["runs"] == 2
+    assert record["suite_seconds"] == record["wall_seconds"]
+    # judging again reuses every run and keeps the suite's measured time
+    again = run_claims(folder, tmp_path / "out")
+    assert again["trained_runs"] == 0
+    assert again["suite_seconds"] == record["suite_seconds"]
+    assert [c["held"] for c in again["claims"]] == [c["held"] for c in record["claims"]]
     page = results_page(record, "localearn claims X")
+    assert "2 distinct runs" in page
     assert "localearn claims X" in page
     assert "| 1. Local is close to global. | held |" in page
     assert "## 2. Local varies less." in page
