@@ -595,15 +595,18 @@ def run_claims(
     # re-judged finished runs
     previous = out / "claims.json"
     before = json.loads(previous.read_text()) if previous.exists() else {}
-    if to_train == len(distinct) or "suite_seconds" not in before:
+    earlier = before.get("suite_seconds", before.get("wall_seconds"))
+    if to_train == len(distinct) or earlier is None:
         record["suite_seconds"] = record["wall_seconds"]
         record["suite_workers"] = workers
     elif to_train:
-        record["suite_seconds"] = before["suite_seconds"] + record["wall_seconds"]
+        record["suite_seconds"] = earlier + record["wall_seconds"]
         record["suite_workers"] = workers
     else:
-        record["suite_seconds"] = before["suite_seconds"]
-        record["suite_workers"] = before.get("suite_workers", workers)
+        record["suite_seconds"] = earlier
+        record["suite_workers"] = before.get(
+            "suite_workers", before.get("workers", workers)
+        )
     record["workers"] = workers
     record["machine"] = _machine()
     atomic_write_text(json.dumps(record, indent=2), out / "claims.json")
