@@ -363,14 +363,14 @@ def summarize(
         }
         base = table.get((baseline, block, budget, "trained")) if baseline else None
         if base and variant != baseline and model == "trained":
-            seeds = sorted(set(by_seed) & set(base))
             row["baseline"] = baseline
-            row["diff_mean"] = float(np.mean([by_seed[s] - base[s] for s in seeds]))
-            if len(seeds) > 1:
-                test = stats.ttest_rel(
-                    [by_seed[s] for s in seeds], [base[s] for s in seeds]
-                )
-                row["p_value"] = None if math.isnan(test.pvalue) else float(test.pvalue)
+            row["diff_mean"], row["p_value"] = paired_test(by_seed, base)
+        # the same variant's end-to-end reference, trained in the same runs
+        ref = table.get((variant, block, budget, "reference"))
+        if ref and model == "trained":
+            row["reference_diff_mean"], row["reference_p_value"] = paired_test(
+                by_seed, ref
+            )
         rows.append(row)
     timing = {
         v: mean_ci([r["timing"]["train_s"] for r in by_seed.values()])["mean"]
@@ -385,6 +385,19 @@ def summarize(
         "cost": summarize_cost(results),
         "cka": summarize_cka(results),
     }
+
+
+def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, float | None]:
+    """Mean of ``a - b`` over shared seeds and the paired t-test's p-value.
+
+    The p-value is None with fewer than two shared seeds or no variance.
+    """
+    seeds = sorted(set(a) & set(b))
+    diff = float(np.mean([a[s] - b[s] for s in seeds])) if seeds else float("nan")
+    if len(seeds) < 2:
+        return diff, None
+    test = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+    return diff, None if math.isnan(test.pvalue) else float(test.pvalue)
 
 
 def summarize_cost(results: dict[str, dict[int, dict]]) -> dict[str, Any]:

@@ -295,16 +295,18 @@ def write_comparison_report(
         f"Seeds: {summary['seeds']}. Mean over seeds with standard deviation and "
         "95% confidence interval (Student's t). "
         + (
-            f"Paired t-test against '{summary['baseline']}' on the same seeds."
+            f"Paired t-test against '{summary['baseline']}' on the same seeds. "
             if summary["baseline"]
             else ""
         )
+        + "Where the runs trained an end-to-end reference, each trained row is "
+        "also paired-t-tested against it (diff vs reference, in points)."
     )
     parts += [
         "",
         "| variant | block | labels per class | model | mean | std | 95% CI "
-        "| n | diff vs baseline | p |",
-        "|" + " --- |" * 10,
+        "| n | diff vs baseline | p | diff vs reference | p |",
+        "|" + " --- |" * 12,
     ]
     for r in sorted(
         summary["rows"],
@@ -312,11 +314,21 @@ def write_comparison_report(
     ):
         diff = f"{100 * r['diff_mean']:+.1f}" if "diff_mean" in r else ""
         p = f"{r['p_value']:.3g}" if r.get("p_value") is not None else ""
+        rdiff = (
+            f"{100 * r['reference_diff_mean']:+.1f}"
+            if "reference_diff_mean" in r
+            else ""
+        )
+        rp = (
+            f"{r['reference_p_value']:.3g}"
+            if r.get("reference_p_value") is not None
+            else ""
+        )
         parts.append(
             f"| {r['variant']} | {r['block']} | {r['budget']} | {r['model']} | "
             f"{100 * r['mean']:.1f}% | {100 * r['std']:.1f} | "
             f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | {r['n']} | "
-            f"{diff} | {p} |"
+            f"{diff} | {p} | {rdiff} | {rp} |"
         )
     for f in summary.get("failures", []):
         parts.append(f"- FAILED: {f['variant']} seed {f['seed']}: {f['error']}")

@@ -102,3 +102,29 @@ def test_unknown_compare_key_and_baseline_are_refused(tmp_path):
     cfg = load_config(None, [*TINY, "compare.baseline=nope"])
     with pytest.raises(ConfigError, match="compare.baseline 'nope' is not a variant"):
         run_comparison(cfg, tmp_path)
+
+
+def test_each_trained_row_is_tested_against_its_own_reference():
+    def run(trained, reference):
+        return {
+            "probe": [
+                {"model": "trained", "block": "b", "budget": "10", "accuracy": trained},
+                {
+                    "model": "reference",
+                    "block": "b",
+                    "budget": "10",
+                    "accuracy": reference,
+                },
+            ],
+            "timing": {"train_s": 1.0},
+        }
+
+    # differences 0.02, 0.04, 0.03: mean 0.03, sd 0.01, t = 5.196 with 2 dof
+    res = {"gim": {0: run(0.82, 0.80), 1: run(0.84, 0.80), 2: run(0.83, 0.80)}}
+    row = next(r for r in summarize(res, None)["rows"] if r["model"] == "trained")
+    assert row["reference_diff_mean"] == pytest.approx(0.03)
+    from scipy import stats
+
+    assert row["reference_p_value"] == pytest.approx(2 * stats.t.sf(5.196152, 2))
+    ref_row = next(r for r in summarize(res, None)["rows"] if r["model"] == "reference")
+    assert "reference_diff_mean" not in ref_row
