@@ -28,6 +28,24 @@ def test_index_links_every_doc():
     for page in DOCS.glob("*.md"):
         if page.name != "index.md":
             assert f"({page.name})" in index, page.name
+    for target in re.findall(r"\]\(([^)#]+\.md)\)", index):
+        assert (DOCS / target).exists(), f"index links missing page {target}"
+
+
+def test_results_page_covers_every_claim_on_both_data_sets():
+    page = (DOCS / "results.md").read_text()
+    claims = sorted((DOCS.parent / "experiments" / "claims").glob("c[0-9]*_*.yaml"))
+    assert len(claims) == 9
+    for claim in claims:
+        assert f"experiments/claims/{claim.name}" in page, claim.name
+    summary = page.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in summary.splitlines() if r.startswith("| ") and "claim" not in r]
+    assert len(rows) == 9
+    for row in rows:
+        verdicts = [c.strip() for c in row.strip("|").split("|")[1:]]
+        assert len(verdicts) == 2, row  # MNIST subset and MNIST-1D
+        assert all(v in ("held", "did not hold", "not judged") for v in verdicts)
+    assert "localearn claims" in page
 
 
 def test_readme_quickstart_has_exactly_two_commands():
