@@ -43,6 +43,10 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     y = y.double().flatten(1)
     x = x - x.mean(0)
     y = y - y.mean(0)
+    # CKA is invariant to isotropic scaling: normalise first, so that tiny or
+    # huge activations do not under- or overflow the products below
+    x = x / x.norm().clamp_min(1e-300)
+    y = y / y.norm().clamp_min(1e-300)
     cross = (y.T @ x).pow(2).sum()
     return cross / ((x.T @ x).norm() * (y.T @ y).norm()).clamp_min(1e-30)
 

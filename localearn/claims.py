@@ -98,18 +98,29 @@ class Evidence:
 
     summary: dict[str, Any]
     results: dict[str, dict[int, dict]] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            self.variants = list(self.results)
+
+    def missing(self) -> list[str]:
+        """Variants of the comparison without a single finished run."""
+        return [v for v in self.variants if not self.results.get(v)]
 
     @classmethod
     def load(cls, folder: Path) -> Evidence:
         summary = json.loads((Path(folder) / "summary.json").read_text())
         results: dict[str, dict[int, dict]] = {}
-        for run in json.loads((Path(folder) / "runs.json").read_text()):
+        runs = json.loads((Path(folder) / "runs.json").read_text())
+        variants = list(dict.fromkeys(run["variant"] for run in runs))
+        for run in runs:
             path = Path(run["dir"]) / "results.json"
             if path.exists():
                 results.setdefault(run["variant"], {})[run["seed"]] = json.loads(
                     path.read_text()
                 )
-        return cls(summary, results)
+        return cls(summary, results, variants)
 
     def blocks(self, variant: str) -> list[str]:
         """Block names of a variant's network, input side first."""
@@ -189,6 +200,10 @@ class Verdict:
 def check_local_vs_global(ev: Evidence, variant: str, tolerance: float) -> Verdict:
     """Local within ``tolerance`` points of (or above) end to end, last block."""
     last = ev.blocks(variant)[-1]
+    if not ev.per_seed(variant, last, ev.budgets(variant)[0], "reference"):
+        return Verdict(
+            None, f"variant '{variant}' has no end-to-end reference to compare with", ""
+        )
     rows, ok = [], True
     for budget in ev.budgets(variant):
         local = ev.per_seed(variant, last, budget)
@@ -220,6 +235,16 @@ def check_local_vs_global(ev: Evidence, variant: str, tolerance: float) -> Verdi
 def check_seed_variance(ev: Evidence, variant: str) -> Verdict:
     """Local standard deviation over seeds below end to end in most cases."""
     rows, smaller, total = [], 0, 0
+    first = ev.blocks(variant)[0], ev.budgets(variant)[0]
+    n_local = len(ev.per_seed(variant, *first))
+    n_ref = len(ev.per_seed(variant, *first, "reference"))
+    if min(n_local, n_ref) < 2:
+        return Verdict(
+            None,
+            f"a spread over seeds needs at least two seeds of both networks; got "
+            f"{n_local} local and {n_ref} end-to-end runs",
+            "",
+        )
     for block in ev.blocks(variant):
         for budget in ev.budgets(variant):
             _, s_local = ev.stat(variant, block, budget)
@@ -239,6 +264,8 @@ def check_seed_variance(ev: Evidence, variant: str) -> Verdict:
 def check_depth(ev: Evidence, variant: str) -> Verdict:
     """Mean probe accuracy rises from block to block at every budget."""
     blocks = ev.blocks(variant)
+    if len(blocks) < 2:
+        return Verdict(None, "the network has a single block", "")
     rows, held, falls = [], True, []
     for budget in ev.budgets(variant):
         means = [ev.stat(variant, b, budget)[0] for b in blocks]
@@ -312,7 +339,9 @@ def check_memory(ev: Evidence, ratio: float) -> Verdict:
     if not rows_in:
         raise ConfigError("the comparison has no memory table; set compare.memory")
     ref = [r for r in rows_in if r["schedule"] == "reference"]
-    ref_mb = max(r["delta_mb"] for r in ref)
+    ref_mb = max((r["delta_mb"] for r in ref), default=0.0)
+    if ref_mb <= 0:
+        return Verdict(None, "no positive end-to-end memory figure to compare", "")
     one = [r for r in rows_in if r["schedule"] in ("sequential", "cached")]
     worst = max(r["delta_mb"] for r in one if r["schedule"] == "sequential")
     held = worst <= ratio * ref_mb
@@ -336,6 +365,8 @@ def check_memory(ev: Evidence, ratio: float) -> Verdict:
 
 def check_schedule(ev: Evidence, together: str, one_by_one: str) -> Verdict:
     """One block after another below all together at the last block."""
+    if (gap := _not_judged_if_missing(ev)) is not None:
+        return gap
     last = ev.blocks(together)[-1]
     rows, held = [], True
     for budget in ev.budgets(together):
@@ -361,8 +392,19 @@ def check_schedule(ev: Evidence, together: str, one_by_one: str) -> Verdict:
     return Verdict(held, reason, _table(head, rows))
 
 
+def _not_judged_if_missing(ev: Evidence) -> Verdict | None:
+    missing = ev.missing()
+    if missing:
+        return Verdict(
+            None, f"no finished runs for variant(s): {', '.join(missing)}", ""
+        )
+    return None
+
+
 def check_split(ev: Evidence, baseline: str, tolerance: float) -> Verdict:
     """Every split's last block within ``tolerance`` points of the baseline's."""
+    if (gap := _not_judged_if_missing(ev)) is not None:
+        return gap
     rows, held = [], True
     for variant in ev.results:
         last = ev.blocks(variant)[-1]
@@ -446,6 +488,8 @@ def check_rules(
 
 def check_gain_source(ev: Evidence, tolerance: float) -> Verdict:
     """Local minus end to end within ``tolerance`` for both objectives."""
+    if (gap := _not_judged_if_missing(ev)) is not None:
+        return gap
     rows, held = [], True
     for variant in ev.results:
         last = ev.blocks(variant)[-1]
@@ -557,17 +601,19 @@ def run_claims(
     distinct = {Path(w) for _, w in jobs}
     to_train = sum(not (w / "results.json").exists() for w in distinct)
     t0 = time.perf_counter()
-    run_jobs(jobs, workers)
+    finished = run_jobs(jobs, workers)
     runs_s = time.perf_counter() - t0
     record: dict[str, Any] = {"claims": [], "data": list(bases)}
     for data_name, claim, cfg, where, _ in plans:
-        summary = run_comparison(cfg, where, pool=pool)
+        summary = run_comparison(cfg, where, pool=pool, finished=finished)
         _, spec = split_compare(cfg)
         ev = Evidence.load(where)
         try:
             verdict = judge(ev, spec["check"])
-        except (ConfigError, KeyError, ValueError) as err:
-            verdict = Verdict(None, f"could not be judged: {err}", "")
+        except Exception as err:  # a verdict that fails must not stop the suite
+            verdict = Verdict(
+                None, f"could not be judged: {type(err).__name__}: {err}", ""
+            )
         record["claims"].append(
             {
                 "claim": claim.stem,

@@ -213,7 +213,7 @@ def _guarded_run(cfg_yaml: str, where: str, progress: bool) -> dict:
     run_dir = Path(where)
     try:
         return _one_run(OmegaConf.create(cfg_yaml), run_dir, progress)
-    except (LocalearnError, NotImplementedError, RuntimeError) as err:
+    except Exception as err:  # one failed run must not lose the others
         log.error("run %s failed: %s", run_dir, err)
         return {
             "error": f"{type(err).__name__}: {err}",
@@ -227,6 +227,7 @@ def run_comparison(
     progress: bool = False,
     workers: int = 1,
     pool: Path | None = None,
+    finished: dict[Path, dict] | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) every variant with every seed, then summarise.
 
@@ -237,6 +238,8 @@ def run_comparison(
         workers: runs at the same time, each in its own process.
         pool: folder of runs shared between comparisons (see :func:`plan_runs`);
             None keeps every run under ``out``.
+        finished: outcomes of :func:`run_jobs` already at hand, by run
+            directory (a failed run is then reported, not retried).
 
     Returns:
         The summary also written to ``out/summary.json``.
@@ -246,7 +249,10 @@ def run_comparison(
     jobs = plan_runs(cfg, out, pool)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "comparison.yaml")
-    finished = run_jobs([(c, w) for _, _, c, w in jobs], workers, progress)
+    known = dict(finished or {})
+    todo = [(c, w) for _, _, c, w in jobs if Path(w) not in known]
+    known.update(run_jobs(todo, workers, progress))
+    finished = known
     results: dict[str, dict[int, dict]] = defaultdict(dict)
     failures = []
     runs = []
@@ -285,6 +291,13 @@ def run_comparison(
 
 def _one_run(cfg: DictConfig, run_dir: Path, progress: bool) -> dict:
     done = run_dir / "results.json"
+    saved = run_dir / "config.yaml"
+    if saved.exists() and run_key(OmegaConf.load(saved)) != run_key(cfg):
+        raise ConfigError(
+            f"run directory '{run_dir}' holds a run of a different config (the "
+            "comparison's settings changed since it ran); delete that directory "
+            "to run it again, or give the comparison another --out"
+        )
     if done.exists():
         log.info("reusing finished run %s", run_dir)
         return json.loads(done.read_text())

@@ -57,7 +57,7 @@ from localearn.errors import ConfigError
 from localearn.experiment import build_network, resolve_device, scheduler_config
 from localearn.memory import measure_peak
 from localearn.network import Network
-from localearn.schedulers import Position, Trainer
+from localearn.schedulers import Position, Trainer, check_network_schedule
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,25 @@ def schedule_memory(cfg: DictConfig, steps: int = 2) -> dict[str, Any]:
         **to_plain(cfg.data.options),
     ).to(device)
     batches = _batches(len(data.y_train), int(cfg.scheduler.batch_size), steps, cfg)
-    order = build_network(cfg, data).order
+    net = build_network(cfg, data)
+    order = net.order
     plan = [("simultaneous", list(order))]
     plan += [("sequential", [name]) for name in order]
     plan += [("cached", [name]) for name in order]
     plan += [("reference", list(order))]
 
     rows, notes = [], []
+    refused = {}
+    for mode in SCHEDULES:
+        try:
+            check_network_schedule(net, mode)
+        except (NotImplementedError, ConfigError) as err:
+            refused[mode] = str(err)
+            notes.append(f"{mode}: not measured ({err})")
+            log.warning("%s: not measured: %s", mode, err)
     for mode, train in plan:
+        if mode in refused:
+            continue
         try:
             row = _measure(cfg, data, device, mode, train, batches)
         except NotImplementedError as err:

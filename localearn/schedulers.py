@@ -182,7 +182,12 @@ class Trainer:
             self.seed * 1_000_003 + stage * 1009 + epoch
         )
         perm = torch.randperm(n, generator=gen)
-        return list(perm.split(self.cfg.batch_size))
+        batches = list(perm.split(self.cfg.batch_size))
+        if self.negatives is not None and len(batches) > 1 and len(batches[-1]) < 2:
+            # negatives mix two different samples: a lone last sample joins
+            # the batch before it
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     def run(self, pos: Position | None = None) -> Position:
         """Train from ``pos`` (a fresh start if None) to the end.

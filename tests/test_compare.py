@@ -128,3 +128,14 @@ def test_each_trained_row_is_tested_against_its_own_reference():
     assert row["reference_p_value"] == pytest.approx(2 * stats.t.sf(5.196152, 2))
     ref_row = next(r for r in summarize(res, None)["rows"] if r["model"] == "reference")
     assert "reference_diff_mean" not in ref_row
+
+
+def test_a_changed_variant_is_not_silently_answered_by_its_old_run(tmp_path):
+    cfg = load_config(None, [*TINY, "compare.seeds=[0]"])
+    run_comparison(cfg, tmp_path / "cmp")
+    changed = load_config(None, [*TINY, "compare.seeds=[0]", "scheduler.epochs=2"])
+    summary = run_comparison(changed, tmp_path / "cmp")
+    assert len(summary["failures"]) == 1
+    assert "holds a run of a different config" in summary["failures"][0]["error"]
+    # the old run is kept, not overwritten
+    assert (tmp_path / "cmp" / "default" / "seed0" / "results.json").exists()
