@@ -359,3 +359,25 @@ def test_claims_folder_errors(tmp_path):
         claims.claim_config(tmp_path / "c1_bad.yaml", tmp_path / "base_x.yaml")
     with pytest.raises(ConfigError, match="unknown claims data set"):
         run_claims(tmp_path, tmp_path / "out", data=["cifar"])
+
+
+def test_shipped_claims_load_and_pass_preflight_on_both_bases(tmp_path):
+    from localearn.experiment import Experiment
+
+    folder = Path(__file__).parent.parent / "experiments" / "claims"
+    bases, files = claims.find_claims(folder)
+    assert set(bases) == {"mnist", "mnist1d"} and len(files) == 9
+    checked = set()
+    for base in bases.values():
+        for claim in files:
+            cfg = claims.claim_config(claim, base)
+            for _, seed, run_cfg, _where in plan_runs(cfg, tmp_path, tmp_path / "p"):
+                assert seed in range(5)
+                shape = run_key(variant_config(run_cfg, {}, 0))
+                if shape not in checked:
+                    checked.add(shape)
+                    Experiment.preflight(run_cfg)  # data, network, rules, schedule
+    # 9 distinct settings per data set: base (with reference), sequential,
+    # one block per layer, two blocks, softhebb, pc, ff, greedy supervised on
+    # the per-layer network, and greedy supervised with its reference
+    assert len(checked) == 18
