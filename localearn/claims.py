@@ -188,13 +188,45 @@ def _p(p: float | None) -> str:
 # -- checks --------------------------------------------------------------------
 
 
+ALPHA = 0.05  # level of the paired t-tests behind directional claims
+
+
 @dataclass
 class Verdict:
-    """Whether a claim held, why, and the numbers behind it."""
+    """Whether a claim held, why, and the numbers behind it.
+
+    ``significant`` is set by checks of a direction (one setting better than
+    another): True when the paired t-tests over seeds behind it are below
+    :data:`ALPHA`. A direction that is right but not significant makes the
+    claim ``inconclusive`` rather than ``held``.
+    """
 
     held: bool | None
     reason: str
     table: str
+    significant: bool | None = None
+
+    @property
+    def status(self) -> str:
+        """``held``, ``did not hold``, ``inconclusive`` or ``not judged``."""
+        if self.held is None:
+            return "not judged"
+        if not self.held:
+            return "did not hold"
+        return "inconclusive" if self.significant is False else "held"
+
+
+def _significance_note(ps: list[float | None]) -> tuple[bool, str]:
+    known = [p for p in ps if p is not None]
+    ok = bool(known) and len(known) == len(ps) and all(p < ALPHA for p in known)
+    worst = max(known) if known else float("nan")
+    note = (
+        f"; the paired t-tests behind it are significant (largest p {worst:.3f})"
+        if ok
+        else f"; not significant at p < {ALPHA:g} (largest p "
+        + (f"{worst:.3f})" if known else "n/a: too few seeds)")
+    )
+    return ok, note
 
 
 def check_local_vs_global(ev: Evidence, variant: str, tolerance: float) -> Verdict:
@@ -221,6 +253,17 @@ def check_local_vs_global(ev: Evidence, variant: str, tolerance: float) -> Verdi
             ]
         )
     head = ["labels/class", "local", "end to end", "random twin", "local - e2e", "p"]
+    below = [
+        b
+        for b in ev.budgets(variant)
+        if ev.stat(variant, last, b)[0] < ev.stat(variant, last, b, "random")[0]
+    ]
+    caveat = (
+        f"; but at {', '.join(below)} labels per class the local network is below "
+        "its random twin, so this compares networks that learned little"
+        if below
+        else ""
+    )
     reason = (
         f"at the last block ({last}) the local network is "
         f"{'within' if ok else 'more than'} {tolerance:g} points "
@@ -228,7 +271,7 @@ def check_local_vs_global(ev: Evidence, variant: str, tolerance: float) -> Verdi
         if ok
         else f"at the last block ({last}) the local network falls more than "
         f"{tolerance:g} points below the end-to-end one at some budget"
-    )
+    ) + caveat
     return Verdict(ok, reason, _table(head, rows))
 
 
@@ -266,9 +309,17 @@ def check_depth(ev: Evidence, variant: str) -> Verdict:
     blocks = ev.blocks(variant)
     if len(blocks) < 2:
         return Verdict(None, "the network has a single block", "")
-    rows, held, falls = [], True, []
+    rows, held, falls, ps = [], True, [], []
     for budget in ev.budgets(variant):
         means = [ev.stat(variant, b, budget)[0] for b in blocks]
+        if budget == ev.budgets(variant)[0]:
+            ps += [
+                _paired(
+                    ev.per_seed(variant, blocks[i], budget),
+                    ev.per_seed(variant, blocks[i - 1], budget),
+                )[1]
+                for i in range(1, len(blocks))
+            ]
         for i in range(1, len(blocks)):
             if not means[i] > means[i - 1]:
                 held = False
@@ -287,8 +338,13 @@ def check_depth(ev: Evidence, variant: str) -> Verdict:
         if held
         else "not every block improves on the one below: " + ", ".join(falls)
     )
+    significant, note = _significance_note(ps)
+    if held:
+        reason += (
+            f" (block against block below, at {ev.budgets(variant)[0]}/class{note})"
+        )
     head = ["block", "labels/class", "local", "random twin"]
-    return Verdict(held, reason, _table(head, rows))
+    return Verdict(held, reason, _table(head, rows), significant)
 
 
 def _cka_mean(ev: Evidence, variant: str, pair: str) -> tuple[list, list, np.ndarray]:
@@ -368,12 +424,13 @@ def check_schedule(ev: Evidence, together: str, one_by_one: str) -> Verdict:
     if (gap := _not_judged_if_missing(ev)) is not None:
         return gap
     last = ev.blocks(together)[-1]
-    rows, held = [], True
+    rows, held, ps = [], True, []
     for budget in ev.budgets(together):
         a = ev.per_seed(one_by_one, last, budget)
         b = ev.per_seed(together, last, budget)
         diff, p = _paired(a, b)
         held &= diff < 0
+        ps.append(p)
         rows.append(
             [
                 budget,
@@ -388,8 +445,11 @@ def check_schedule(ev: Evidence, together: str, one_by_one: str) -> Verdict:
         f"{'below' if held else 'not below'} training them together at every "
         "budget"
     )
+    significant, note = _significance_note(ps[:1])
+    if held:
+        reason += f" (at {ev.budgets(together)[0]}/class{note})"
     head = ["labels/class", "together", "one after another", "difference", "p"]
-    return Verdict(held, reason, _table(head, rows))
+    return Verdict(held, reason, _table(head, rows), significant)
 
 
 def _not_judged_if_missing(ev: Evidence) -> Verdict | None:
@@ -444,7 +504,7 @@ def check_rules(
 ) -> Verdict:
     """The objective's best block above every unsupervised rule's best block."""
     budgets = ev.budgets(objective)
-    rows, held, missing = [], True, []
+    rows, held, missing, ps = [], True, [], []
     for variant in [objective, *unsupervised, *supervised]:
         if variant not in ev.results:
             missing.append(variant)
@@ -458,7 +518,14 @@ def check_rules(
                 _pm(*ev.stat(variant, last, budget)),
             ]
             if variant in unsupervised and budget == budgets[0]:
-                held &= mean < _best(ev, objective, budget)[1]
+                top = _best(ev, objective, budget)[0]
+                held &= mean < ev.stat(objective, top, budget)[0]
+                ps.append(
+                    _paired(
+                        ev.per_seed(objective, top, budget),
+                        ev.per_seed(variant, block, budget),
+                    )[1]
+                )
         cost = (ev.summary.get("cost") or {}).get(variant, {}).get("epoch_s")
         cells.append(f"{cost['mean']:.1f}" if cost else "n/a")
         rows.append([variant, *cells])
@@ -480,10 +547,13 @@ def check_rules(
         f"{'above' if held else 'not above'} the best block of every "
         f"unsupervised rule that ran"
     )
+    significant, note = _significance_note(ps)
+    if held:
+        reason += f" (paired by seed{note})"
     if missing:
         held = None if held else held
         reason += f"; no finished runs for: {', '.join(missing)}"
-    return Verdict(held, reason, _table(head, rows))
+    return Verdict(held, reason, _table(head, rows), significant)
 
 
 def check_gain_source(ev: Evidence, tolerance: float) -> Verdict:
@@ -620,6 +690,7 @@ def run_claims(
                 "data": data_name,
                 "statement": " ".join(str(spec["claim"]).split()),
                 "held": verdict.held,
+                "status": verdict.status,
                 "reason": verdict.reason,
                 "table": verdict.table,
                 "failures": summary.get("failures", []),
@@ -671,8 +742,13 @@ def _machine() -> str:
 DATA_TITLES = {"mnist": "MNIST subset", "mnist1d": "MNIST-1D"}
 
 
-def _mark(held: bool | None) -> str:
-    return {True: "held", False: "did not hold", None: "not judged"}[held]
+def _mark(claim: dict[str, Any]) -> str:
+    if "status" in claim:
+        return claim["status"]
+    return {True: "held", False: "did not hold", None: "not judged"}[claim["held"]]
+
+
+STATUSES = ("held", "did not hold", "inconclusive", "not judged")
 
 
 def results_page(record: dict[str, Any], command: str) -> str:
@@ -687,9 +763,16 @@ def results_page(record: dict[str, Any], command: str) -> str:
         "NeurIPS 2019) is an experiment in `experiments/claims/`, run on the "
         "embedded MNIST subset and on MNIST-1D at sizes that fit two CPU cores. "
         "A claim holds when the test written in its file (`compare.check`) "
-        "passes on the means over seeds; tables give mean ± standard deviation "
-        "over seeds (percent test accuracy of a linear probe unless stated) and "
-        "paired t-test p-values over the same seeds.",
+        "passes on the means over seeds. A claim that one setting beats another "
+        "(depth, schedule, rules) also needs its paired t-tests over seeds "
+        "below p = 0.05; when the direction is right but the tests are not "
+        "significant it is *inconclusive*. Claims of equivalence (within a "
+        "tolerance) and of smaller spread are judged on the means and "
+        "standard deviations alone. Tables give mean ± standard deviation over "
+        "seeds (percent test accuracy of a linear probe unless stated) and "
+        "paired t-test p-values over the same seeds. These are small networks "
+        "trained for a few epochs on small data: a verdict says what happened "
+        "at this size, not what the paper found at its own.",
         "",
         "Regenerate this page (every number on it) with:",
         "",
@@ -713,7 +796,7 @@ def results_page(record: dict[str, Any], command: str) -> str:
         first = next(by[(name, d)] for d in data if (name, d) in by)
         rows.append(
             [f"{name.split('_')[0][1:]}. {first['statement']}"]
-            + [_mark(by[(name, d)]["held"]) if (name, d) in by else "" for d in data]
+            + [_mark(by[(name, d)]) if (name, d) in by else "" for d in data]
         )
     lines += [_table(head, rows), ""]
     for name in names:
@@ -729,7 +812,7 @@ def results_page(record: dict[str, Any], command: str) -> str:
             if c is None:
                 continue
             lines += [
-                f"**{DATA_TITLES.get(d, d)}: {_mark(c['held'])}**: {c['reason']} "
+                f"**{DATA_TITLES.get(d, d)}: {_mark(c)}**: {c['reason']} "
                 f"({len(c['seeds'])} seeds).",
                 "",
                 c["table"],

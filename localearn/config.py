@@ -62,9 +62,13 @@ def _check_type(value: Any, default: Any, path: str) -> None:
     )
     if not ok:
         raise ConfigError(
-            f"config key '{path}' must be a {type(default).__name__} (like the "
+            f"config key '{path}' must be {_article(type(default).__name__)} (like the "
             f"default {default!r}), got {value!r}"
         )
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _check_keys(cfg: Any, defaults: Any, path: str) -> None:
@@ -121,6 +125,13 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> DictC
         key = getattr(err, "full_key", "") or "?"
         raise ConfigError(
             f"config key '{key}' has the wrong type: {str(err).splitlines()[0]}"
+        ) from None
+    except TypeError as err:
+        # e.g. network.layers.0.type=conv: a dotted index into a list
+        raise ConfigError(
+            f"an override cannot be merged into the config ({err}); a list such as "
+            "network.layers is replaced whole: give the full list, e.g. "
+            "'network.layers=[{type: conv, out: 8}, {type: relu}]'"
         ) from None
     if not cfg.network:
         raise ConfigError(

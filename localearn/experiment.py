@@ -210,6 +210,10 @@ class Experiment:
 
     def run(self) -> dict[str, Any]:
         """Train (or finish training), evaluate and write the results."""
+        done = self.dir / "results.json"
+        if done.exists():
+            log.info("%s is finished; its results are kept as they are", self.dir)
+            return json.loads(done.read_text())
         start = time.perf_counter()
         cfg = self.cfg
         if int(cfg.threads) > 0:
@@ -310,6 +314,7 @@ class Experiment:
             on_epoch=on_epoch,
             progress=self.progress,
             cache_dir=self.dir / "cache",
+            model=model if model != "trained" else "",
         )
         try:
             pos = trainer.run(pos)
@@ -330,6 +335,7 @@ class Experiment:
                 )
             raise
         self._checkpoint(net, pos, ckpt_path)
+        start_mark.unlink(missing_ok=True)  # only an unfinished model needs it
 
     def _checkpoint(self, net: Network, pos: Position, path: Path) -> None:
         state = {

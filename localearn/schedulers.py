@@ -154,6 +154,7 @@ class Trainer:
         on_epoch: Callable[[Position], None] | None = None,
         progress: bool = False,
         cache_dir: Path | None = None,
+        model: str = "",
     ) -> None:
         check_scheduler(cfg)
         self.net = network
@@ -165,6 +166,7 @@ class Trainer:
         self.on_epoch = on_epoch or (lambda pos: None)
         self.progress = progress
         self.cache_dir = cache_dir
+        self.model = model
         self.owners = network.block_of_parameter()
         self.negatives = check_network_schedule(network, cfg.mode)
 
@@ -221,6 +223,8 @@ class Trainer:
             if len(train) == 1
             else (f"epoch {pos.epoch + 1}")
         )
+        if self.model:
+            label = f"{self.model} {label}"
         bar = tqdm(
             batches,
             desc=f"{'+'.join(train)} {label}",

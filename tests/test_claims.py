@@ -381,3 +381,20 @@ def test_shipped_claims_load_and_pass_preflight_on_both_bases(tmp_path):
     # one block per layer, two blocks, softhebb, pc, ff, greedy supervised on
     # the per-layer network, and greedy supervised with its reference
     assert len(checked) == 18
+
+
+def test_a_right_direction_without_significance_is_inconclusive():
+    # one after another is below together by 1, 2, 3 points (p = 0.074, 2 dof)
+    together, one_by_one = _two([0.80, 0.82, 0.84], [0.79, 0.80, 0.81])
+    ev = _evidence({"sim": together, "seq": one_by_one})
+    check = {"name": "schedule", "together": "sim", "one_by_one": "seq"}
+    v = judge(ev, check)
+    assert v.held is True and v.significant is False
+    assert v.status == "inconclusive" and "not significant" in v.reason
+    # by 2.0, 2.1, 1.9 points: p = 0.0017
+    together, one_by_one = _two([0.80, 0.82, 0.84], [0.78, 0.799, 0.821])
+    v = judge(_evidence({"sim": together, "seq": one_by_one}), check)
+    assert v.status == "held" and v.significant is True
+    assert judge(_evidence({"sim": one_by_one, "seq": together}), check).status == (
+        "did not hold"
+    )

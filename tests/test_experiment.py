@@ -303,9 +303,9 @@ def test_schedules_the_rules_cannot_follow_fail_before_the_run_directory(tmp_pat
 
 
 def test_wrongly_typed_values_are_named():
-    with pytest.raises(ConfigError, match=r"config key 'seed' must be a int .* 'abc'"):
+    with pytest.raises(ConfigError, match=r"config key 'seed' must be an int .* 'abc'"):
         load_config(None, [*TINY, "seed=abc"])
-    with pytest.raises(ConfigError, match=r"'scheduler.epochs' must be a int"):
+    with pytest.raises(ConfigError, match=r"'scheduler.epochs' must be an int"):
         load_config(None, [*TINY, "scheduler.epochs=two"])
 
 
@@ -332,3 +332,24 @@ def test_options_may_follow_the_config_and_overrides(tmp_path):
     ]
     assert main(argv) == 0
     assert (out / "results.json").exists()
+
+
+def test_resuming_a_finished_run_keeps_its_results_and_timing(tmp_path, capsys):
+    first = _run(tmp_path, "scheduler.epochs=1", "evaluate.budgets=[all]")
+    path = tmp_path / "run" / "results.json"
+    before = path.read_text()
+    again = Experiment.resume(tmp_path / "run").run()
+    assert again == first and path.read_text() == before
+    # no interruption markers are left once a model has finished
+    assert not list((tmp_path / "run").glob("*.start"))
+    # summarize refuses runs whose configs differ beyond the seed
+    _run(tmp_path, "scheduler.epochs=2", "evaluate.budgets=[all]", name="other")
+    code = main(["summarize", str(tmp_path / "run"), str(tmp_path / "other")])
+    assert code == 2
+    assert "differ in more than their seed" in capsys.readouterr().err
+
+
+def test_datasets_command_says_what_each_data_set_is(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist_subset  embedded" in out and "your files" in out
