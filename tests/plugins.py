@@ -148,3 +148,21 @@ class Explode(ObjectiveRule):
         if self.__dict__["calls"] > self.config.nan_after:
             loss = loss * float("nan")
         return loss
+
+
+def tiny_mlp(name: str) -> list[str]:
+    """Overrides for a two-block run on the digits that takes seconds."""
+    return [
+        f"name={name}",
+        "threads=1",
+        "data.name=digits",
+        "network.layers=[{type: linear, out: 16}, {type: relu}, "
+        "{type: linear, out: 10}]",
+        "network.split=[2]",
+        "network.rule.name=test_supervised_head",
+        "scheduler.epochs=1",
+        "scheduler.batch_size=256",
+        "evaluate.budgets=[all]",
+        "evaluate.random_twin=false",
+        "evaluate.probe.max_iter=30",
+    ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from omegaconf import OmegaConf
+from plugins import tiny_mlp
 
 from localearn import rule as rule_module
 from localearn.analysis import linear_cka
@@ -23,19 +24,7 @@ from localearn.experiment import Experiment, build_network, scheduler_config
 from localearn.rule import ObjectiveRule
 from localearn.schedulers import Trainer
 
-TINY = [
-    "name=tiny_blindspot",
-    "threads=1",
-    "data.name=digits",
-    "network.layers=[{type: linear, out: 16}, {type: relu}, {type: linear, out: 10}]",
-    "network.split=[2]",
-    "network.rule.name=test_supervised_head",
-    "scheduler.epochs=1",
-    "scheduler.batch_size=256",
-    "evaluate.budgets=[all]",
-    "evaluate.random_twin=false",
-    "evaluate.probe.max_iter=30",
-]
+TINY = [*tiny_mlp("tiny_blindspot")]
 
 FF_NET = [
     "data.name=digits",

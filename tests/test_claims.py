@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from plugins import tiny_mlp
 
 from localearn import claims
 from localearn.claims import Evidence, judge, results_page, run_claims
@@ -49,19 +50,7 @@ def test_extends_cycles_and_missing_bases_are_named(tmp_path):
 
 # -- variants and the run pool ---------------------------------------------------
 
-TINY = [
-    "name=tiny_claims",
-    "threads=1",
-    "data.name=digits",
-    "network.layers=[{type: linear, out: 16}, {type: relu}, {type: linear, out: 10}]",
-    "network.split=[2]",
-    "network.rule.name=test_supervised_head",
-    "scheduler.epochs=1",
-    "scheduler.batch_size=256",
-    "evaluate.budgets=[all]",
-    "evaluate.random_twin=false",
-    "evaluate.probe.max_iter=30",
-]
+TINY = [*tiny_mlp("tiny_claims")]
 
 
 def test_a_mapping_override_replaces_its_section_a_dotted_one_changes_a_value():

@@ -4,24 +4,13 @@ import json
 import math
 
 import pytest
+from plugins import tiny_mlp
 
 from localearn.compare import mean_ci, run_comparison, summarize
 from localearn.config import load_config
 from localearn.errors import ConfigError
 
-TINY = [
-    "name=tiny_compare",
-    "data.name=digits",
-    "network.layers=[{type: linear, out: 16}, {type: relu}, {type: linear, out: 10}]",
-    "network.split=[2]",
-    "network.rule.name=test_supervised_head",
-    "scheduler.epochs=1",
-    "scheduler.batch_size=256",
-    "evaluate.budgets=[all]",
-    "evaluate.random_twin=false",
-    "evaluate.probe.max_iter=30",
-    "compare.seeds=[0, 1]",
-]
+TINY = [*tiny_mlp("tiny_compare"), "compare.seeds=[0, 1]"]
 
 
 def test_mean_ci_matches_a_hand_computation():
