@@ -398,8 +398,9 @@ def check_memory(ev: Evidence, ratio: float) -> Verdict:
     ref_mb = max((r["delta_mb"] for r in ref), default=0.0)
     if ref_mb <= 0:
         return Verdict(None, "no positive end-to-end memory figure to compare", "")
-    one = [r for r in rows_in if r["schedule"] in ("sequential", "cached")]
-    worst = max(r["delta_mb"] for r in one if r["schedule"] == "sequential")
+    worst = max(
+        (r["delta_mb"] for r in rows_in if r["schedule"] == "sequential"), default=0.0
+    )
     held = worst <= ratio * ref_mb
     rows = [
         [
