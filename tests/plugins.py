@@ -166,3 +166,17 @@ def tiny_mlp(name: str) -> list[str]:
         "evaluate.random_twin=false",
         "evaluate.probe.max_iter=30",
     ]
+
+
+def plasticity_network(rule, layers, in_shape, lr=0.01, split=None, **options):
+    """A network of ``layers`` learning by ``rule`` with plain SGD."""
+    from localearn.network import Network
+
+    spec = {
+        "layers": layers,
+        "rule": {"name": rule, **options},
+        "optimizer": {"name": "sgd", "lr": lr},
+    }
+    if split:
+        spec["split"] = split
+    return Network.from_config(spec, in_shape=in_shape, n_classes=10)

@@ -16,15 +16,6 @@ from localearn.rules.hebbian import bcm_delta, hebb_delta, oja_delta
 from localearn.schedulers import Position, SchedulerConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a single thread avoids thread start-up and hand-off costs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def block_of(rule, layers, in_shape, **options):
     """Body and configured rule of a one-block network."""
     net = Network.from_config(

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from plugins import plasticity_network
 
 from localearn.errors import ConfigError
-from localearn.network import Network
 from localearn.rule import make_rule
 from localearn.rules.softhebb import (
     adaptive_rate,
@@ -19,24 +19,8 @@ from localearn.rules.softhebb import (
 from localearn.schedulers import Position, SchedulerConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a single thread avoids thread start-up and hand-off costs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def network(layers, in_shape, lr=0.01, split=None, **options):
-    spec = {
-        "layers": layers,
-        "rule": {"name": "softhebb", **options},
-        "optimizer": {"name": "sgd", "lr": lr},
-    }
-    if split:
-        spec["split"] = split
-    return Network.from_config(spec, in_shape=in_shape, n_classes=10)
+    return plasticity_network("softhebb", layers, in_shape, lr, split, **options)
 
 
 def delta_of(net, x):
